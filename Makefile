@@ -1,0 +1,59 @@
+# deconvlab: two commands on a fresh machine, `make run` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+# The embedded default data set (Imagenette) when this machine has it beside the checkout.
+SHARED_DATA := $(abspath ../shared/data/imagenette)
+ifeq ($(DECONVLAB_DATA),)
+ifneq ($(wildcard $(SHARED_DATA)/train),)
+DECONVLAB_DATA := $(SHARED_DATA)
+endif
+endif
+export DECONVLAB_DATA
+
+.PHONY: install run test test-py test-js browser-deps train evaluate index bench clean
+
+# Create the virtual environment and install the package with its test extras.
+# Re-runs only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/deconvlab serve --host $(HOST) --port $(PORT)
+
+# Debian's Chromium for the browser tests (never a browser download).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
+
+test: install browser-deps test-py test-js
+
+test-py: install
+	$(PY) -m pytest -q -ra
+
+test-js:
+	@if [ -d frontend/tests ]; then node --test frontend/tests/; else echo "no JS tests"; fi
+
+# Train the default model (see models/zfnet-imagenette/MODEL_CARD.md for the exact recipe).
+train: install
+	$(VENV)/bin/deconvlab train --out runs/zfnet-imagenette
+
+evaluate: install
+	$(VENV)/bin/deconvlab evaluate --model zfnet-imagenette --split val
+
+bench: install
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,248 @@
+"""Data sets: ImageFolder listings, the Imagenette download, decoded-array caches.
+
+Any ImageFolder tree works (``root/train/<class>/*``, ``root/val/<class>/*``).
+The default data set is Imagenette; ``DECONVLAB_DATA`` names its folder, and
+when it is unset and no copy is cached, ``data_root()`` downloads the upstream
+archive into the cache (progress bar, sha256 check, resume of a broken download).
+
+Training decodes every image once into a uint8 array (``decoded``), cached on
+disk as ``.npy`` keyed by the listing's hash, because decoding JPEGs every epoch
+costs a large share of an epoch on two cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+# fast.ai's Imagenette, 320 px version (github.com/fastai/imagenette, README).
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz"
+IMAGENETTE_SHA256 = None  # upstream publishes no sha256; when None the archive's own hash is recorded and re-checked
+
+IMAGENETTE_LABELS = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+
+
+def cache_dir() -> Path:
+    """``$DECONVLAB_CACHE``, else ``~/.cache/deconvlab``."""
+    return Path(os.environ.get("DECONVLAB_CACHE", Path.home() / ".cache" / "deconvlab"))
+
+
+@dataclass
+class Split:
+    """One split of an ImageFolder tree: sorted files and their class indices."""
+
+    root: Path  # the data set's root (parent of the split folder)
+    name: str  # "train" or "val"
+    class_ids: list[str]  # folder names, sorted; index = class index
+    files: list[str]  # paths relative to root, sorted
+    targets: list[int]  # class index per file
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labels(self) -> list[str]:
+        return [IMAGENETTE_LABELS.get(c, c) for c in self.class_ids]
+
+    def listing_hash(self) -> str:
+        """sha256 of the listing (relative paths and sizes): changes when the data set does."""
+        h = hashlib.sha256()
+        for rel in self.files:
+            h.update(rel.encode())
+            h.update(str((self.root / rel).stat().st_size).encode())
+        return h.hexdigest()
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
+
+def list_split(root: str | Path, split: str) -> Split:
+    root = Path(root)
+    d = root / split
+    if not d.is_dir():
+        raise FileNotFoundError(f"no {split!r} folder in data set {root} (expected {d}/<class>/<images>)")
+    class_ids = sorted(p.name for p in d.iterdir() if p.is_dir())
+    if not class_ids:
+        raise FileNotFoundError(f"{d} holds no class folders")
+    files, targets = [], []
+    for ci, c in enumerate(class_ids):
+        for f in sorted((d / c).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                files.append(str(f.relative_to(root)))
+                targets.append(ci)
+    return Split(root, split, class_ids, files, targets)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    with Image.open(path) as im:
+        im.seek(0)
+        return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, RGBA, P, CMYK, I;16, I, F, ...) -> RGB; alpha composited on white."""
+    if im.mode == "RGB":
+        return im.copy()
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        scaled = np.clip((a - lo) / max(hi - lo, 1e-12) * 255.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def resize_crop(im: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (bilinear, antialiased), then centre-crop ``size``x``size``."""
+    w, h = im.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def _decode_one(args) -> np.ndarray:
+    path, size = args
+    return np.asarray(resize_crop(load_rgb(path), size), dtype=np.uint8)
+
+
+def decoded(split: Split, size: int, workers: int | None = None, progress: bool = True) -> np.ndarray:
+    """All images of ``split`` as one uint8 array (N, size, size, 3), cached on disk."""
+    key = hashlib.sha256(f"{split.root.resolve()}|{split.name}|{size}|{split.listing_hash()}".encode()).hexdigest()[:16]
+    path = cache_dir() / "arrays" / f"{split.name}-{size}-{key}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    from tqdm import tqdm
+
+    out = np.empty((len(split), size, size, 3), dtype=np.uint8)
+    jobs = [(split.path(i), size) for i in range(len(split))]
+    workers = workers or min(4, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as ex:
+        it = ex.map(_decode_one, jobs, chunksize=64)
+        for i, a in enumerate(tqdm(it, total=len(jobs), desc=f"decode {split.name} @{size}px",
+                                   unit="img", disable=not progress)):
+            out[i] = a
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out
+
+
+# ---------------------------------------------------------------- download
+
+def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True,
+             chunk: int = 1 << 20) -> Path:
+    """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request.
+
+    When ``sha256`` is given the finished file must match it, or it is deleted
+    and ``ValueError`` names both hashes.
+    """
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        status = getattr(resp, "status", 200)
+        if have and status != 206:  # server ignored the range: start over
+            have = 0
+        length = resp.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        with open(part, "ab" if have else "wb") as f, tqdm(
+                total=total, initial=have, unit="B", unit_scale=True, desc=dest.name,
+                disable=not progress) as bar:
+            while True:
+                block = resp.read(chunk)
+                if not block:
+                    break
+                f.write(block)
+                bar.update(len(block))
+    if sha256 is not None:
+        got = file_sha256(part)
+        if got != sha256:
+            part.unlink()
+            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
+    os.replace(part, dest)
+    return dest
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_imagenette(cache: Path | None = None, url: str = IMAGENETTE_URL,
+                     sha256: str | None = IMAGENETTE_SHA256, progress: bool = True) -> Path:
+    """Download and unpack Imagenette into the cache once; return the data root (with train/ and val/)."""
+    cache = cache or cache_dir()
+    name = url.rsplit("/", 1)[-1]
+    stem = name.split(".")[0]
+    root = cache / stem
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    archive = download(url, cache / name, sha256=sha256, progress=progress)
+    digest = file_sha256(archive)
+    tmp = cache / (stem + ".extracting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(archive) as tf:
+        tf.extractall(tmp, filter="data")
+    inner = tmp / stem if (tmp / stem).is_dir() else tmp
+    shutil.rmtree(root, ignore_errors=True)
+    os.replace(inner, root)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (root / ".complete").write_text(json.dumps({"url": url, "sha256": digest}))
+    return root
+
+
+def data_root(download_ok: bool = True) -> Path:
+    """``$DECONVLAB_DATA`` when set, else a cached (or freshly downloaded) Imagenette."""
+    env = os.environ.get("DECONVLAB_DATA")
+    if env:
+        p = Path(env)
+        if not p.is_dir():
+            raise FileNotFoundError(f"DECONVLAB_DATA points to {p}, which is not a folder")
+        return p
+    cached = cache_dir() / IMAGENETTE_URL.rsplit("/", 1)[-1].split(".")[0]
+    if (cached / ".complete").is_file():
+        return cached
+    if not download_ok:
+        raise FileNotFoundError("no data set: set DECONVLAB_DATA to an ImageFolder root")
+    return fetch_imagenette()

@@ -1,0 +1,174 @@
+"""Named architectures, named models and checkpoints.
+
+Two registries, both plain data:
+
+* ``ARCHS``: architecture name -> builder ``(meta) -> nn.Sequential`` with the
+  paper's layer names (``zfnet``, ``alexnet``, ``vgg16``).
+* ``models/registry.json``: model name -> where its weights are. The default
+  model is ``zfnet-imagenette``, the ZFNet we train on Imagenette.
+
+A checkpoint is a safetensors file whose metadata holds one JSON string under
+``"deconvlab"`` (architecture, its config, class labels, input size,
+normalisation); loading never unpickles anything. ``.pt``/``.pth`` state dicts
+are read with ``torch.load(weights_only=True)`` and need ``meta`` given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .torchvision_nets import alexnet, load_torchvision_weights, vgg16
+from .zfnet import ZFNetConfig, zfnet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_MODEL = "zfnet-imagenette"
+
+
+@dataclass
+class ModelMeta:
+    arch: str  # a key of ARCHS
+    config: dict = field(default_factory=dict)  # builder arguments (ZFNetConfig fields for zfnet)
+    classes: list[str] = field(default_factory=list)  # class label per fc8 unit
+    class_ids: list[str] = field(default_factory=list)  # e.g. WordNet ids, same order as classes
+    input_size: int = 224  # side of the square model input
+    mean: tuple = IMAGENET_MEAN  # per-channel mean used by preprocess (RGB, 0..1)
+    std: tuple = IMAGENET_STD  # per-channel std used by preprocess
+    name: str = ""  # registry name or checkpoint stem
+
+    def to_json(self) -> str:
+        d = dict(self.__dict__)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ModelMeta":
+        d = json.loads(s)
+        d["mean"], d["std"] = tuple(d["mean"]), tuple(d["std"])
+        return cls(**d)
+
+
+ARCHS: dict[str, Callable[[ModelMeta], nn.Sequential]] = {}
+
+
+def register_arch(name: str):
+    def deco(fn):
+        ARCHS[name] = fn
+        return fn
+    return deco
+
+
+@register_arch("zfnet")
+def _build_zfnet(meta: ModelMeta) -> nn.Sequential:
+    cfg = ZFNetConfig.from_dict(meta.config)
+    if meta.classes and cfg.num_classes != len(meta.classes):
+        raise ValueError(f"config.num_classes is {cfg.num_classes} but {len(meta.classes)} classes are named")
+    return zfnet(cfg)
+
+
+@register_arch("alexnet")
+def _build_alexnet(meta: ModelMeta) -> nn.Sequential:
+    return alexnet(num_classes=meta.config.get("num_classes", 1000))
+
+
+@register_arch("vgg16")
+def _build_vgg16(meta: ModelMeta) -> nn.Sequential:
+    return vgg16(num_classes=meta.config.get("num_classes", 1000))
+
+
+def build(meta: ModelMeta) -> nn.Sequential:
+    if meta.arch not in ARCHS:
+        raise KeyError(f"unknown architecture: expected one of {sorted(ARCHS)}, got {meta.arch!r}")
+    return ARCHS[meta.arch](meta)
+
+
+def models_dir() -> Path:
+    """``$DECONVLAB_MODELS``, else the repository's ``models/`` folder."""
+    env = os.environ.get("DECONVLAB_MODELS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "models"
+
+
+def read_registry(root: Path | None = None) -> dict:
+    path = (root or models_dir()) / "registry.json"
+    if not path.is_file():
+        return {"default": DEFAULT_MODEL, "models": {}}
+    return json.loads(path.read_text())
+
+
+def model_names(root: Path | None = None) -> list[str]:
+    return sorted(read_registry(root)["models"])
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: ModelMeta, half: bool = False) -> Path:
+    """Write ``model``'s weights and ``meta`` to a safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata={"deconvlab": meta.to_json()})
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, meta: ModelMeta | None = None) -> tuple[nn.Sequential, ModelMeta]:
+    """Build the model a checkpoint describes and load its weights (as float32)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        if meta is None:
+            if "deconvlab" not in md:
+                raise ValueError(f"{path}: no 'deconvlab' metadata; pass meta= to say what it holds")
+            meta = ModelMeta.from_json(md["deconvlab"])
+    else:
+        if meta is None:
+            raise ValueError(f"{path}: a .pt/.pth state dict needs meta= (architecture and classes)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not meta.name:
+        meta.name = path.stem
+    model = build(meta)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def resolve(name_or_path: str, root: Path | None = None) -> tuple[nn.Sequential, ModelMeta]:
+    """A registry name or a checkpoint path -> (model in eval mode, meta)."""
+    p = Path(name_or_path)
+    if p.suffix in (".safetensors", ".pt", ".pth") and p.is_file():
+        return load_checkpoint(p)
+    root = root or models_dir()
+    reg = read_registry(root)
+    entry = reg["models"].get(name_or_path)
+    if entry is None:
+        raise KeyError(f"unknown model: expected a checkpoint path or one of "
+                       f"{sorted(reg['models'])}, got {name_or_path!r}")
+    if "checkpoint" in entry:
+        model, meta = load_checkpoint(root / entry["checkpoint"])
+        meta.name = name_or_path
+        return model, meta
+    meta = ModelMeta(arch=entry["arch"], config=entry.get("config", {}),
+                     classes=entry.get("classes", []), name=name_or_path)
+    model = build(meta)
+    weights = entry.get("weights")
+    if weights:  # "torchvision" (cache or download) or a local path
+        src = None if weights == "torchvision" else root / weights
+        load_torchvision_weights(meta.arch, model, src)
+    return model.eval(), meta
