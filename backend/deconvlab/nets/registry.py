@@ -172,3 +172,27 @@ def resolve(name_or_path: str, root: Path | None = None) -> tuple[nn.Sequential,
         src = None if weights == "torchvision" else root / weights
         load_torchvision_weights(meta.arch, model, src)
     return model.eval(), meta
+
+
+def layer_map(model: nn.Sequential) -> "dict[str, str]":
+    """Paper layer name -> name of the child whose output is that layer's activation.
+
+    ``convN`` and ``fcN`` (but the last fc) are read after their ReLU (the
+    rectified feature maps of the paper); the last fc layer is read as it is
+    (the logits, before the softmax). Ordered from the input up.
+    """
+    names = [n for n, _ in model.named_children()]
+    children = dict(model.named_children())
+    out: dict[str, str] = {}
+    for i, n in enumerate(names):
+        if not (n.startswith("conv") or n.startswith("fc")):
+            continue
+        target = n
+        for m in names[i + 1:]:
+            if isinstance(children[m], (nn.Conv2d, nn.Linear)):
+                break
+            if isinstance(children[m], nn.ReLU):
+                target = m
+                break
+        out[n] = target
+    return out
