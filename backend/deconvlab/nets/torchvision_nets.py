@@ -51,7 +51,9 @@ def rename(tv_model: nn.Module) -> nn.Sequential:
             fc += 1
             out[f"fc{fc}"] = m
         elif isinstance(m, nn.ReLU):
-            out[f"relu{fc}"] = nn.ReLU()
+            # VGG has conv6..conv13 with relu6..relu13 already: its fc ReLUs get their own names
+            name = f"relu{fc}" if f"relu{fc}" not in out else f"relu_fc{fc}"
+            out[name] = nn.ReLU()
         elif isinstance(m, nn.Dropout):
             drop += 1
             out[f"drop{fc + 1}"] = m
