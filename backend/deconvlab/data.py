@@ -3,7 +3,7 @@
 Any ImageFolder tree works (``root/train/<class>/*``, ``root/val/<class>/*``).
 The default data set is Imagenette; ``DECONVLAB_DATA`` names its folder, and
 when it is unset and no copy is cached, ``data_root()`` downloads the upstream
-archive into the cache (progress bar, sha256 check, resume of a broken download).
+archive into the cache (progress bar, checksum, resume of a broken download).
 
 Training decodes every image once into a uint8 array (``decoded``), cached on
 disk as ``.npy`` keyed by the listing's hash, because decoding JPEGs every epoch
@@ -29,7 +29,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 
 # fast.ai's Imagenette, 320 px version (github.com/fastai/imagenette, README).
 IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz"
-IMAGENETTE_SHA256 = None  # upstream publishes no sha256; when None the archive's own hash is recorded and re-checked
+# Upstream publishes no sha256; this md5 is the one torchvision.datasets.Imagenette checks.
+IMAGENETTE_CHECKSUM = "md5:3df6f0d01a2c9592104656642f5e78a3"
 
 IMAGENETTE_LABELS = {
     "n01440764": "tench",
@@ -136,22 +137,21 @@ def _decode_one(args) -> np.ndarray:
     return np.asarray(resize_crop(load_rgb(path), size), dtype=np.uint8)
 
 
-def decoded(split: Split, size: int, workers: int | None = None, progress: bool = True) -> np.ndarray:
-    """All images of ``split`` as one uint8 array (N, size, size, 3), cached on disk."""
+def decoded(split: Split, size: int, workers: int | None = None, progress: bool = True,
+            indices=None) -> np.ndarray:
+    """All images of ``split`` as one uint8 array (N, size, size, 3), cached on disk.
+
+    With ``indices``, only those images, in that order, and nothing is cached.
+    """
+    if indices is not None:
+        return _decode_many([(split.path(int(i)), size) for i in indices], size, workers, progress,
+                            f"decode {split.name} @{size}px")
     key = hashlib.sha256(f"{split.root.resolve()}|{split.name}|{size}|{split.listing_hash()}".encode()).hexdigest()[:16]
     path = cache_dir() / "arrays" / f"{split.name}-{size}-{key}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    from tqdm import tqdm
-
-    out = np.empty((len(split), size, size, 3), dtype=np.uint8)
-    jobs = [(split.path(i), size) for i in range(len(split))]
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ProcessPoolExecutor(workers) as ex:
-        it = ex.map(_decode_one, jobs, chunksize=64)
-        for i, a in enumerate(tqdm(it, total=len(jobs), desc=f"decode {split.name} @{size}px",
-                                   unit="img", disable=not progress)):
-            out[i] = a
+    out = _decode_many([(split.path(i), size) for i in range(len(split))], size, workers, progress,
+                       f"decode {split.name} @{size}px")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, out)
@@ -159,14 +159,31 @@ def decoded(split: Split, size: int, workers: int | None = None, progress: bool 
     return out
 
 
+def _decode_many(jobs: list, size: int, workers: int | None, progress: bool, desc: str) -> np.ndarray:
+    from tqdm import tqdm
+
+    out = np.empty((len(jobs), size, size, 3), dtype=np.uint8)
+    workers = workers or min(4, os.cpu_count() or 1)
+    ex = ProcessPoolExecutor(workers) if len(jobs) >= 64 and workers > 1 else None
+    try:
+        it = ex.map(_decode_one, jobs, chunksize=32) if ex else map(_decode_one, jobs)
+        for i, a in enumerate(tqdm(it, total=len(jobs), desc=desc, unit="img", disable=not progress)):
+            out[i] = a
+    finally:
+        if ex:
+            ex.shutdown()
+    return out
+
+
 # ---------------------------------------------------------------- download
 
-def download(url: str, dest: Path, sha256: str | None = None, progress: bool = True,
+def download(url: str, dest: Path, checksum: str | None = None, progress: bool = True,
              chunk: int = 1 << 20) -> Path:
     """Download ``url`` to ``dest``, resuming a partial ``dest.part`` with an HTTP Range request.
 
-    When ``sha256`` is given the finished file must match it, or it is deleted
-    and ``ValueError`` names both hashes.
+    ``checksum`` is ``"<algorithm>:<hex digest>"`` (``sha256:...``, ``md5:...``);
+    when given, the finished file must match it, or the partial file is deleted
+    and ``ValueError`` names both digests.
     """
     from tqdm import tqdm
 
@@ -190,17 +207,20 @@ def download(url: str, dest: Path, sha256: str | None = None, progress: bool = T
                     break
                 f.write(block)
                 bar.update(len(block))
-    if sha256 is not None:
-        got = file_sha256(part)
-        if got != sha256:
+    if checksum is not None:
+        algo, _, want = checksum.partition(":")
+        got = file_digest(part, algo)
+        if got != want.lower():
             part.unlink()
-            raise ValueError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}")
+            raise ValueError(f"checksum mismatch for {url}: expected {algo} {want}, got {got}")
     os.replace(part, dest)
     return dest
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    if algorithm not in hashlib.algorithms_available:
+        raise ValueError(f"checksum algorithm: expected one of sha256, md5, ..., got {algorithm!r}")
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -208,7 +228,7 @@ def file_sha256(path: Path) -> str:
 
 
 def fetch_imagenette(cache: Path | None = None, url: str = IMAGENETTE_URL,
-                     sha256: str | None = IMAGENETTE_SHA256, progress: bool = True) -> Path:
+                     checksum: str | None = IMAGENETTE_CHECKSUM, progress: bool = True) -> Path:
     """Download and unpack Imagenette into the cache once; return the data root (with train/ and val/)."""
     cache = cache or cache_dir()
     name = url.rsplit("/", 1)[-1]
@@ -217,8 +237,8 @@ def fetch_imagenette(cache: Path | None = None, url: str = IMAGENETTE_URL,
     done = root / ".complete"
     if done.is_file():
         return root
-    archive = download(url, cache / name, sha256=sha256, progress=progress)
-    digest = file_sha256(archive)
+    archive = download(url, cache / name, checksum=checksum, progress=progress)
+    digest = file_digest(archive)
     tmp = cache / (stem + ".extracting")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

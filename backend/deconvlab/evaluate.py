@@ -18,8 +18,7 @@ def evaluate_model(model: str, data: str | None = None, split: str = "val", limi
         raise ValueError(f"the model's classes {meta.class_ids} differ from the data set's {sp.class_ids}")
     dev = pick_device(device)
     idx = _subset(len(sp), limit, 1234)
-    images = decoded(sp, meta.input_size, progress=progress)
-    images = images[idx] if limit else images
+    images = decoded(sp, meta.input_size, progress=progress, indices=idx if limit else None)
     targets = np.asarray(sp.targets)[idx]
     res = evaluate_arrays(net.to(dev), images, targets, len(sp.class_ids), device=dev, progress=progress)
     res.update({"model": meta.name, "split": split, "classes": sp.labels})

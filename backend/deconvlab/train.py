@@ -61,6 +61,7 @@ class TrainConfig:
     sizes: str = "128:0.5,160:0.25"  # progressive resizing: "px:fraction of epochs,...", the rest at input_size
     crop_scale: float = 0.35  # smallest area fraction of a random-resized crop
     renorm_rms: float = 0.1  # filter renormalisation threshold (the paper's 1e-1); 0 turns it off
+    init_std: float = 0.01  # std of the initial conv filters (the paper's 1e-2; fc weights always 1e-2, biases 0)
     snapshots: str = "1,2,5,10,20,30,40,50,60,70,80,90,100"  # epochs that keep a snapshot (and the last)
     eval_every: int = 0  # evaluate on val every N epochs (0: only at snapshots and the end)
     limit: int = 0  # train on a fixed random subset of N training images (0: all; for tests)
@@ -150,7 +151,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
                      input_size=cfg.input_size, norm="batch" if cfg.batch_norm else "lrn",
                      conv1_kernel=cfg.conv1_kernel, conv1_stride=cfg.conv1_stride,
                      drop_layers=list(cfg.drop_layers))
-    return zfnet(zc)
+    model = zfnet(zc)  # weights N(0, 1e-2), biases 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, cfg.init_std)
+    return model
 
 
 def export_meta(cfg: TrainConfig, split: Split, name: str = "") -> ModelMeta:
@@ -179,7 +184,7 @@ def evaluate_arrays(model: nn.Module, images: np.ndarray, targets: np.ndarray, n
     aug = Augment(device=device)
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
     for i in tqdm(range(0, len(images), batch_size), desc="evaluate", disable=not progress, leave=False):
-        x = aug.normalise(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
+        x = aug.normalise(torch.from_numpy(np.array(images[i:i + batch_size])).to(device)
                           .permute(0, 3, 1, 2))
         pred = model(x).argmax(1).cpu().numpy()
         np.add.at(conf, (targets[i:i + batch_size], pred), 1)
@@ -245,6 +250,12 @@ def train(cfg: TrainConfig) -> dict:
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"])
+        # drop log lines of epochs the checkpoint does not hold (killed between log and save)
+        mpath = out / "metrics.jsonl"
+        if mpath.is_file():
+            kept = [ln for ln in mpath.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["epoch"] <= start_epoch]
+            mpath.write_text("".join(ln + "\n" for ln in kept))
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     aug = Augment(crop_scale=cfg.crop_scale, device=device)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -263,7 +274,7 @@ def train(cfg: TrainConfig) -> dict:
                    disable=not cfg.progress, unit="step")
         for step in bar:
             sel = np.sort(tr_idx[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]])
-            xb = torch.from_numpy(np.ascontiguousarray(tr_images[sel])).to(device)
+            xb = torch.from_numpy(np.array(tr_images[sel])).to(device)
             yb = torch.from_numpy(tr_targets[np.searchsorted(tr_idx, sel)]).to(device)
             x = aug(xb, size, gen).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
