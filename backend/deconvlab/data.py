@@ -207,6 +207,10 @@ def download(url: str, dest: Path, checksum: str | None = None, progress: bool =
                     break
                 f.write(block)
                 bar.update(len(block))
+    got = part.stat().st_size
+    if total is not None and got < total:  # the connection dropped: keep the part for a resume
+        raise ConnectionError(f"download of {url} broke off at {got} of {total} bytes; "
+                              f"run again to resume from {part}")
     if checksum is not None:
         algo, _, want = checksum.partition(":")
         got = file_digest(part, algo)
