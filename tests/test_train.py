@@ -170,3 +170,25 @@ def test_size_schedule_and_snapshot_epochs():
     cfg = TrainConfig(epochs=16, sizes="128:0.5,160:0.25", input_size=224, snapshots="1,2,5,10,20")
     assert [cfg.size_at(e) for e in range(16)] == [128] * 8 + [160] * 4 + [224] * 4
     assert cfg.snapshot_epochs() == {1, 2, 5, 10, 16}
+
+
+def test_publish_registers_the_run_with_a_card(tiny_data, tmp_path, monkeypatch):
+    from deconvlab.data import file_digest
+    from deconvlab.modelcard import publish
+    from deconvlab.nets import read_registry, resolve
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=2, sizes="", snapshots="1"))
+    models = tmp_path / "models"
+    monkeypatch.setenv("DECONVLAB_MODELS", str(models))
+    card = publish(out, "tiny", command="deconvlab train ...", default=True, progress=False)
+    reg = read_registry()
+    assert reg["default"] == "tiny" and reg["models"]["tiny"]["checkpoint"] == "tiny/model.safetensors"
+    model, meta = resolve("tiny")
+    assert meta.name == "tiny" and meta.classes == ["c0", "c1", "c2"]
+    assert card["sha256"]["model.safetensors"] == file_digest(models / "tiny" / "model.safetensors")
+    assert set(card["sha256"]) == {"model.safetensors", "snapshots/epoch-001.safetensors",
+                                   "snapshots/epoch-002.safetensors"}
+    assert card["val_images"] == 36 and 0 <= card["val_top1"] <= 1
+    text = (models / "tiny" / "MODEL_CARD.md").read_text()
+    assert f"Val top-1: {card['val_top1'] * 100:.2f}%" in text and "deconvlab train ..." in text

@@ -72,7 +72,27 @@ def _evaluate(a) -> int:
     return 0
 
 
-COMMANDS = [add_train, add_evaluate]
+# ---------------------------------------------------------------- publish
+
+def add_publish(sub) -> None:
+    p = sub.add_parser("publish", help="copy a training run into models/ with a model card and a registry entry")
+    p.add_argument("--run", required=True, help="the training run's --out folder")
+    p.add_argument("--name", required=True, help="registry name, e.g. zfnet-imagenette")
+    p.add_argument("--data", default="", help="ImageFolder root for the val evaluation (default: the run's)")
+    p.add_argument("--default", action="store_true", help="make it the registry's default model")
+    p.add_argument("--command", default="", help="the command that reproduces the run (for the card)")
+    p.set_defaults(func=_publish)
+
+
+def _publish(a) -> int:
+    from .modelcard import publish
+
+    card = publish(a.run, a.name, data=a.data or None, command=a.command, default=a.default)
+    print(json.dumps({"name": card["name"], "val_top1": card["val_top1"], "sha256": card["sha256"]}, indent=2))
+    return 0
+
+
+COMMANDS = [add_train, add_evaluate, add_publish]
 
 
 def main(argv: list[str] | None = None) -> int:
