@@ -95,6 +95,51 @@ def _publish(a) -> int:
 COMMANDS = [add_train, add_evaluate, add_publish]
 
 
+# ------------------------------------------------------------------ index
+
+def add_index(sub) -> None:
+    p = sub.add_parser("index", help="the top-k data-set images of every unit (Fig. 2); runs under torchrun too")
+    p.add_argument("--model", default="zfnet-imagenette", help="registry name or checkpoint path")
+    p.add_argument("--data", default="", help="ImageFolder root (default: DECONVLAB_DATA / Imagenette)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--k", type=int, default=9, help="images kept per unit")
+    p.add_argument("--out", default="", help="index folder (default: under the cache dir, see default_index_path)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: up to 2)")
+    p.add_argument("--checkpoint-every", type=int, default=20, help="batches between checkpoints")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=_index)
+
+
+def _index(a) -> int:
+    import os
+
+    import torch
+
+    from . import load
+    from .data import data_root
+    from .top_k import TopKIndex, build_index
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    net = load(a.model, device=a.device)
+    root = a.data or str(data_root())
+    out = build_index(net, root, split=a.split, out=a.out or None, k=a.k, batch_size=a.batch_size,
+                      workers=None if a.workers < 0 else a.workers, checkpoint_every=a.checkpoint_every,
+                      progress=a.progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        m = TopKIndex.read_manifest(out)
+        print(json.dumps({"index": str(out), "k": m["k"], "layers": [L["name"] for L in m["layers"]],
+                          "num_images": m["data"]["num_images"], "world_size": m["build"]["world_size"],
+                          "images_per_s": m["build"]["images_per_s"], "wall_s": m["build"]["wall_s"]}))
+    return 0
+
+
+COMMANDS.append(add_index)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deconvlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
