@@ -1,0 +1,51 @@
+// Wiring: build the views over the page, the API client and the location, then start.
+import { createApi } from './api.js';
+import { createController } from './controller.js';
+import { createEvolutionView } from './views/evolution.js';
+import { createFiltersView } from './views/filters.js';
+import { createHeaderView } from './views/header.js';
+import { createInputView } from './views/input.js';
+import { createKeyboardView } from './views/keyboard.js';
+import { createLayersView } from './views/layers.js';
+import { createOcclusionView } from './views/occlusion.js';
+import { createTopkView } from './views/topk.js';
+import { createUnitView } from './views/unit.js';
+import { createUploadView } from './views/upload.js';
+
+const layers = createLayersView();
+const views = {
+  header: createHeaderView(),
+  upload: createUploadView(),
+  input: createInputView(),
+  layers,
+  unit: createUnitView(),
+  topk: createTopkView(),
+  evolution: createEvolutionView(),
+  occlusion: createOcclusionView(),
+  filters: createFiltersView(),
+  keyboard: createKeyboardView({ columns: () => layers.columns() }),
+};
+
+const nav = {
+  read: () => window.location.hash,
+  write: (hash, { replace = false } = {}) => {
+    // A new history entry for a new image or layer (Back returns to it); tweaks replace.
+    const url = `${window.location.pathname}${window.location.search}${hash}`;
+    if (replace) window.history.replaceState(null, '', url);
+    else window.history.pushState(null, '', url);
+  },
+  onChange: (fn) => {
+    window.addEventListener('hashchange', () => fn(window.location.hash));
+    window.addEventListener('popstate', () => fn(window.location.hash));
+  },
+};
+
+const controller = createController({
+  api: createApi(),
+  views,
+  nav,
+  release: (url) => URL.revokeObjectURL(url),
+});
+controller.start();
+// For the browser tests and the curious: the state as plain data.
+window.deconvlab = { state: () => controller.get() };

@@ -1,0 +1,124 @@
+// Layer tabs and the grid of one layer's feature maps (thumbnails for conv
+// layers, a heat grid of per-unit maxima for fc layers), sortable, strongest marked.
+import { SORTS } from '../config.js';
+import { toHex, normalise, viridis } from '../colormap.js';
+import { range, strongestUnit } from '../units.js';
+import { $, fmt, h, rebuild, showStatus } from './dom.js';
+
+export function createLayersView(root = document) {
+  const tabs = $('[data-testid="layer-tabs"]', root);
+  const sort = $('[data-testid="sort"]', root);
+  const summary = $('[data-testid="layer-summary"]', root);
+  const status = $('[data-testid="layer-status"]', root);
+  const grid = $('[data-testid="units"]', root);
+  let handlers = null;
+  let cells = new Map(); // unit -> {el, img}
+  let selected = null;
+
+  for (const s of SORTS) sort.append(h('option', { value: s.id, text: s.label }));
+
+  return {
+    bind(h_) {
+      handlers = h_;
+      sort.addEventListener('change', () => handlers.setSort(sort.value));
+      tabs.addEventListener('click', (e) => {
+        const b = e.target.closest('[data-layer]');
+        if (b) handlers.selectLayer(b.dataset.layer);
+      });
+      grid.addEventListener('click', (e) => {
+        const b = e.target.closest('[data-unit]');
+        if (b) handlers.selectUnit(Number(b.dataset.unit));
+      });
+    },
+    /** Columns the grid shows now (for up/down arrows). */
+    columns() {
+      const first = grid.firstElementChild;
+      if (!first) return 1;
+      const top = first.offsetTop;
+      let n = 0;
+      for (const c of grid.children) { if (c.offsetTop !== top) break; n += 1; }
+      return Math.max(1, n);
+    },
+    render(state, { layers, layerInfo, ordered }) {
+      rebuild(tabs, layers.map((l) => l.name).join('|'), () => layers.map((l) => h('button', {
+        type: 'button', role: 'tab', class: 'tab', dataset: { testid: 'layer-tab', layer: l.name },
+        title: `${l.name}: ${l.channels} ${l.kind === 'conv' ? 'feature maps' : 'units'}, output ${l.shape.join('×')}`,
+        text: l.name,
+      })));
+      for (const b of tabs.children) {
+        const on = b.dataset.layer === state.layer;
+        b.setAttribute('aria-selected', String(on));
+        b.tabIndex = on ? 0 : -1;
+      }
+      if (sort.value !== state.sort) sort.value = state.sort;
+
+      const ld = state.layerData;
+      if (!state.image) showStatus(status, { status: 'idle' }, { idle: 'Bring an image to see its feature maps.' });
+      else if (state.imageInfo.status === 'error') showStatus(status, { status: 'idle' }, { idle: 'No feature maps: the image is not available.' });
+      else showStatus(status, ld, { loading: `Computing ${state.layer}…` });
+
+      const units = ld.status === 'ok' ? ld.data.units : [];
+      const isFc = ld.status === 'ok' ? ld.data.kind === 'fc' : !!(layerInfo && layerInfo.kind === 'fc');
+      const best = strongestUnit(units);
+      const [lo, hi] = range(units);
+      summary.textContent = ld.status === 'ok'
+        ? `${units.length} ${isFc ? 'units' : 'feature maps'} · strongest #${best} (max ${fmt(hi)})`
+        : '';
+      grid.classList.toggle('fc', isFc);
+      const built = rebuild(grid, `${ld.key}|${ld.status}|${state.sort}`, () => {
+        cells = new Map();
+        return ordered.map((u) => {
+          const label = `unit ${u.unit}: max ${fmt(u.max)}, mean ${fmt(u.mean)}${u.unit === best ? ' (strongest)' : ''}`;
+          const el = h('button', {
+            type: 'button', role: 'option', class: `unit${u.unit === best ? ' strongest' : ''}`,
+            dataset: { testid: 'unit', unit: u.unit }, title: label, 'aria-label': label,
+            'aria-selected': 'false', tabindex: '-1',
+          });
+          if (isFc) {
+            el.append(h('span', { class: 'unit-fill', style: { background: toHex(viridis(normalise(u.max, Math.min(0, lo), hi))) } }));
+          }
+          el.append(h('span', { class: 'unit-num', text: u.unit }));
+          if (u.unit === best) el.append(h('span', { class: 'star', dataset: { testid: 'strongest' }, 'aria-hidden': 'true', text: '★' }));
+          cells.set(u.unit, { el, img: null, err: false });
+          return el;
+        });
+      });
+      if (built) selected = null;
+
+      // Thumbnails as they arrive.
+      if (!isFc && state.thumbs.key === ld.key) {
+        for (const [unit, t] of Object.entries(state.thumbs.byUnit)) {
+          const c = cells.get(Number(unit));
+          if (!c) continue;
+          if (t.status === 'ok' && !c.img) {
+            c.img = h('img', { src: t.url, alt: '' });
+            c.el.prepend(c.img);
+          } else if (t.status === 'error' && !c.err) {
+            c.err = true;
+            c.el.append(h('span', { class: 'unit-err', text: '!' }));
+            c.el.title = `${c.el.title}. Feature map could not load: ${t.error}`;
+          }
+        }
+      }
+
+      // Selection, and focus follows it when the grid had focus.
+      if (selected !== state.unit) {
+        const prev = cells.get(selected);
+        if (prev) { prev.el.setAttribute('aria-selected', 'false'); prev.el.tabIndex = -1; }
+        const next = cells.get(state.unit);
+        if (next) {
+          next.el.setAttribute('aria-selected', 'true');
+          next.el.tabIndex = 0;
+          const active = document.activeElement;
+          if (!active || active === document.body || grid.contains(active)) next.el.focus({ preventScroll: true });
+          next.el.scrollIntoView({ block: 'nearest' });
+        }
+        selected = next ? state.unit : null;
+      }
+      if (selected === null && cells.size) {
+        const first = cells.values().next().value;
+        first.el.tabIndex = 0;
+      }
+    },
+  };
+}
