@@ -23,7 +23,7 @@ const views = {
   evolution: createEvolutionView(),
   occlusion: createOcclusionView(),
   filters: createFiltersView(),
-  keyboard: createKeyboardView({ columns: () => layers.columns() }),
+  keyboard: createKeyboardView({ columns: () => layers.columns(), afterMove: () => layers.focusSelected() }),
 };
 
 const nav = {

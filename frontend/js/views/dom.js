@@ -90,7 +90,7 @@ export function fmt(v, digits = 3) {
 
 /** An <img> that says in words when it fails to load (for server URLs used directly). */
 export function img(src, alt, attrs = {}) {
-  const el = h('img', { src, alt, loading: 'lazy', decoding: 'async', ...attrs });
+  const el = h('img', { src, alt, decoding: 'async', ...attrs });
   el.addEventListener('error', () => {
     const note = h('span', { class: 'img-error', role: 'note', text: `${alt}: could not load (${src})` });
     el.replaceWith(note);

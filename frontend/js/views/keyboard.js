@@ -1,7 +1,7 @@
 // Keys for the whole page: arrows move between units, [ and ] between layers, Esc closes panels.
 const TYPING = new Set(['INPUT', 'SELECT', 'TEXTAREA']);
 
-export function createKeyboardView({ columns = () => 1, target = document } = {}) {
+export function createKeyboardView({ columns = () => 1, afterMove = () => {}, target = document } = {}) {
   return {
     bind(handlers) {
       target.addEventListener('keydown', (e) => {
@@ -18,6 +18,7 @@ export function createKeyboardView({ columns = () => 1, target = document } = {}
           }
           e.preventDefault();
           handlers.moveUnit(step);
+          afterMove(); // focus follows the keyboard to the chosen unit
         } else if (e.key === '[') { e.preventDefault(); handlers.moveLayer(-1); }
         else if (e.key === ']') { e.preventDefault(); handlers.moveLayer(1); }
       });

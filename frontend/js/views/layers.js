@@ -30,6 +30,11 @@ export function createLayersView(root = document) {
         if (b) handlers.selectUnit(Number(b.dataset.unit));
       });
     },
+    /** Put keyboard focus on the chosen unit's cell (after an arrow key). */
+    focusSelected() {
+      const c = cells.get(selected);
+      if (c) { c.el.focus({ preventScroll: true }); c.el.scrollIntoView({ block: 'nearest' }); }
+    },
     /** Columns the grid shows now (for up/down arrows). */
     columns() {
       const first = grid.firstElementChild;
