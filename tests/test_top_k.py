@@ -173,8 +173,9 @@ def assert_same_index(a, b) -> None:
 def test_tracker_merge_equals_one_pass_and_keeps_distinct_images():
     rng = np.random.default_rng(0)
     units, k, n = 7, 5, 60
-    vals = rng.integers(0, 6, size=(n, units)).astype(np.float32)  # many ties
-    vals[3, 2] = np.nan  # ranks last
+    vals = rng.integers(-3, 3, size=(n, units)).astype(np.float32)  # many ties, negatives
+    vals[rng.random((n, units)) < 0.1] = -0.0  # equal to 0.0
+    vals[3, 2], vals[4, 2], vals[5, 2] = np.nan, -np.inf, np.inf  # NaN ranks as -inf
     pos = rng.integers(0, 9, size=(n, units, 2)).astype(np.int32)
     sha = rng.integers(0, 2**63, size=n, dtype=np.int64).view(np.uint64)
     whole = TopK(units, k)
@@ -204,6 +205,10 @@ def test_tracker_with_fewer_images_than_k_leaves_empty_slots():
              np.zeros((2, 2, 2), np.int32), np.array([1, 2], np.uint64))
     assert t.image.tolist() == [[9, 5, -1, -1], [5, 9, -1, -1]]
     assert np.isneginf(t.values[:, 2:]).all()
+    nan = TopK(1, 4)  # NaN ranks as -inf, ties broken by image index, both above an empty slot
+    nan.update(np.array([[np.nan], [-np.inf], [1.0]], np.float32), np.array([7, 3, 9]),
+               np.zeros((3, 1, 2), np.int32), np.zeros(3, np.uint64))
+    assert nan.image.tolist() == [[9, 3, 7, -1]]
     with pytest.raises(ValueError, match="expected activations of 2 units, got 3"):
         t.update(np.zeros((1, 3), np.float32), np.array([1]), np.zeros((1, 3, 2), np.int32), np.zeros(1, np.uint64))
     with pytest.raises(ValueError, match="k: expected a positive"):

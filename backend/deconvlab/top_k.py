@@ -97,7 +97,7 @@ FORMAT = "deconvlab-top-k"
 VERSION = 1
 ARRAY_ROLES = ("values", "image", "position", "sha")
 TABLE_ROLES = ("images_index", "images_path", "images_target")
-_EMPTY_KEY = np.iinfo(np.int64).max  # sort key of an empty slot's image index: after every real image
+_MAX_IMAGES = 2**32 - 1  # image indices fit the low half of TopK's uint64 order key
 
 
 class StaleIndexError(RuntimeError):
@@ -205,8 +205,8 @@ class TopK:
 
     ``values`` [U, k] float32 (-inf when empty), ``image`` [U, k] int64 (-1
     when empty), ``position`` [U, k, 2] int32, ``sha`` [U, k] uint64. Each row
-    is kept sorted by value descending, then image index ascending; NaN
-    values rank last. Callers add each image at most once.
+    is kept sorted by value descending, then image index ascending; a NaN
+    value ranks as -inf. Callers add each image at most once.
     """
 
     def __init__(self, units: int, k: int):
@@ -239,33 +239,65 @@ class TopK:
                              f"position {t.position.shape}, sha {t.sha.shape}")
         return t
 
-    def _keep(self, values, image, position, sha) -> None:
-        """Rows of candidates [U, n] -> the first k by (value desc, image asc)."""
-        key_img = np.where(image < 0, _EMPTY_KEY, image)
-        order = np.lexsort((key_img, -values), axis=1)[:, :self.k]
-        self.values = np.take_along_axis(values, order, 1)
-        self.image = np.take_along_axis(image, order, 1)
-        self.position = np.take_along_axis(position, order[:, :, None], 1)
-        self.sha = np.take_along_axis(sha, order, 1)
+    @staticmethod
+    def _rank_key(values: np.ndarray) -> np.ndarray:
+        # NaN ranks as -inf (still above an empty slot); -0.0 as +0.0
+        return np.where(np.isnan(values), -np.inf, values).astype(np.float32) + np.float32(0)
+
+    @classmethod
+    def _order_key(cls, values: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """One uint64 per entry whose descending order is (value desc, image index asc, empty last):
+        the value's float32 bits made order-preserving in the high half, ``2**32 - 1 - index``
+        (0 for an empty slot) in the low half."""
+        b = cls._rank_key(values).view(np.uint32).astype(np.uint64)
+        hi = np.where(b >> np.uint64(31) == 1, b ^ np.uint64(0xFFFFFFFF), b | np.uint64(0x80000000))
+        lo = np.where(image < 0, np.uint64(0), np.uint64(0xFFFFFFFF) - image.astype(np.uint64))
+        return (hi << np.uint64(32)) | lo
+
+    @classmethod
+    def _select(cls, k: int, values, image, position, sha) -> tuple:
+        """Rows of candidates [R, n] -> the first k of each by (value desc, image index asc)."""
+        key = ~cls._order_key(values, image)  # ascending order of ~key = descending order of key
+        if key.shape[1] > k:
+            part = np.argpartition(key, k - 1, axis=1)[:, :k]
+            order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, 1), axis=1), 1)
+        else:
+            order = np.argsort(key, axis=1)
+        return (np.take_along_axis(values, order, 1), np.take_along_axis(image, order, 1),
+                np.take_along_axis(position, order[:, :, None], 1), np.take_along_axis(sha, order, 1))
 
     def update(self, values: np.ndarray, image: np.ndarray, position: np.ndarray, sha: np.ndarray) -> None:
-        """Add one batch: ``values`` [B, U], ``image`` [B], ``position`` [B, U, 2], ``sha`` [B]."""
+        """Add one batch: ``values`` [B, U], ``image`` [B], ``position`` [B, U, 2], ``sha`` [B].
+
+        Only the units where some new image beats the current k-th entry are
+        re-sorted, so a batch costs little once the arrays have filled.
+        """
         b, u = values.shape
         if u != self.units:
             raise ValueError(f"expected activations of {self.units} units, got {u}")
-        self._keep(np.concatenate([self.values, values.T.astype(np.float32)], 1),
-                   np.concatenate([self.image, np.broadcast_to(image.astype(np.int64), (u, b))], 1),
-                   np.concatenate([self.position, position.transpose(1, 0, 2).astype(np.int32)], 1),
-                   np.concatenate([self.sha, np.broadcast_to(sha.astype(np.uint64), (u, b))], 1))
+        image = np.asarray(image, dtype=np.int64)
+        if image.size and (image.min() < 0 or image.max() >= _MAX_IMAGES):
+            raise ValueError(f"image indices: expected 0..{_MAX_IMAGES - 1}, got {image.min()}..{image.max()}")
+        last = self._order_key(self.values[:, -1:], self.image[:, -1:])
+        rows = np.flatnonzero((self._order_key(values.T, np.broadcast_to(image, (u, b))) > last).any(1))
+        if rows.size == 0:
+            return
+        n = rows.size
+        kept = self._select(
+            self.k,
+            np.concatenate([self.values[rows], values.T[rows].astype(np.float32)], 1),
+            np.concatenate([self.image[rows], np.broadcast_to(image, (n, b))], 1),
+            np.concatenate([self.position[rows], position.transpose(1, 0, 2)[rows].astype(np.int32)], 1),
+            np.concatenate([self.sha[rows], np.broadcast_to(np.asarray(sha, np.uint64), (n, b))], 1))
+        self.values[rows], self.image[rows], self.position[rows], self.sha[rows] = kept
 
     @classmethod
     def merge(cls, parts: Iterable["TopK"]) -> "TopK":
         """The exact top-k of the union of ``parts`` (disjoint image sets, e.g. one per rank)."""
         parts = list(parts)
-        out = cls.__new__(cls)
-        out.k = parts[0].k
-        out._keep(*(np.concatenate([getattr(p, r) for p in parts], 1) for r in ARRAY_ROLES))
-        return out
+        k = parts[0].k
+        kept = cls._select(k, *(np.concatenate([getattr(p, r) for p in parts], 1) for r in ARRAY_ROLES))
+        return cls.from_arrays(dict(zip(ARRAY_ROLES, kept)))
 
 
 # ------------------------------------------------------------------ data
