@@ -56,18 +56,25 @@ export function withParams(url, params = {}) {
   return s ? `${path}?${s}` : path;
 }
 
-/** At most `n` tasks at once; the rest wait in order. */
+/**
+ * At most `n` tasks at once; the rest wait in order, `low` ones (thumbnails)
+ * behind every normal one, so a click is never stuck behind a grid of maps.
+ */
 export function limiter(n) {
   let active = 0;
-  const waiting = [];
+  const waiting = { normal: [], low: [] };
   const next = () => {
-    if (active >= n || !waiting.length) return;
+    if (active >= n) return;
+    const item = waiting.normal.shift() ?? waiting.low.shift();
+    if (!item) return;
     active += 1;
-    const { task, resolve, reject } = waiting.shift();
-    Promise.resolve().then(task).then(resolve, reject).finally(() => { active -= 1; next(); });
+    Promise.resolve().then(item.task).then(item.resolve, item.reject).finally(() => { active -= 1; next(); });
   };
-  const run = (task) => new Promise((resolve, reject) => { waiting.push({ task, resolve, reject }); next(); });
-  run.pending = () => waiting.length + active;
+  const run = (task, { low = false } = {}) => new Promise((resolve, reject) => {
+    waiting[low ? 'low' : 'normal'].push({ task, resolve, reject });
+    next();
+  });
+  run.pending = () => waiting.normal.length + waiting.low.length + active;
   return run;
 }
 
@@ -83,7 +90,7 @@ export function createApi({
 } = {}) {
   const queue = limiter(maxConcurrent);
 
-  async function send(url, init = {}) {
+  async function send(url, init = {}, { low = false } = {}) {
     for (let attempt = 0; ; attempt++) {
       let res;
       try {
@@ -91,7 +98,7 @@ export function createApi({
           // A request given up while it waited in the queue is never sent.
           if (init.signal && init.signal.aborted) throw new Error('aborted before it was sent');
           return fetchFn(url, init);
-        });
+        }, { low });
       } catch (err) {
         throw new ApiError(`cannot reach the server (${err && err.message ? err.message : err})`, { url });
       }
@@ -121,9 +128,12 @@ export function createApi({
     }
   }
 
-  /** Fetch an image; resolve to {url: object URL, box: X-Receptive-Field or null}. */
-  async function image(url, { signal } = {}) {
-    const res = await send(url, signal ? { signal } : {});
+  /**
+   * Fetch an image; resolve to {url: object URL, box: X-Receptive-Field or null}.
+   * `low`: wait behind every other request (grid thumbnails).
+   */
+  async function image(url, { signal, low = false } = {}) {
+    const res = await send(url, signal ? { signal } : {}, { low });
     const blob = await res.blob();
     if (!blob.size) throw new ApiError(`the server sent an empty image for ${url}`, { status: res.status, url });
     return { url: createObjectURL(blob), box: parseBoxHeader(res.headers.get('X-Receptive-Field')) };

@@ -246,7 +246,7 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
     thumbAborts.ctl = ctl;
     set({ thumbs: { key, byUnit: {} } });
     for (const u of sortUnits(units, state.sort)) {
-      api.image(api.mapUrl(img, layer, u.unit, M, THUMB_SIZE), { signal: ctl.signal }).then(
+      api.image(api.mapUrl(img, layer, u.unit, M, THUMB_SIZE), { signal: ctl.signal, low: true }).then(
         (data) => {
           if (state.thumbs.key !== key || ctl.signal.aborted) { releaseData(data); return; }
           set({ thumbs: { key, byUnit: { ...state.thumbs.byUnit, [u.unit]: { status: 'ok', url: data.url } } } });

@@ -51,6 +51,16 @@ test('limiter never runs more than n tasks at once and keeps order', async () =>
   assert.equal(await run(async () => 'after'), 'after');
 });
 
+test('limiter: low-priority tasks wait behind normal ones queued later', async () => {
+  const run = limiter(1);
+  const order = [];
+  const task = (name) => async () => { order.push(name); await new Promise((r) => setTimeout(r, 1)); };
+  const all = [run(task('first')), run(task('thumb1'), { low: true }), run(task('thumb2'), { low: true }),
+    run(task('click'))];
+  await Promise.all(all);
+  assert.deepEqual(order, ['first', 'click', 'thumb1', 'thumb2']);
+});
+
 test('a 429 is retried after Retry-After, then succeeds', async () => {
   const waits = [];
   let calls = 0;
