@@ -5,6 +5,7 @@ import { boxToPercent, pixelToCell } from '../state.js';
 import { $, fmt, h, placeBox, setSrc, showStatus } from './dom.js';
 
 export function createUnitView(root = document) {
+  const section = $('.col-unit', root);
   const title = $('[data-testid="unit-title"]', root);
   const status = $('[data-testid="unit-status"]', root);
   const methods = $('[data-testid="methods"]', root);
@@ -55,6 +56,7 @@ export function createUnitView(root = document) {
       const has = state.unit !== null;
       const isFc = !!(layerInfo && layerInfo.kind === 'fc');
       title.textContent = has ? `${state.layer} · unit ${state.unit}` : 'Unit';
+      section.classList.toggle('empty', !has);
 
       for (const el of methods.querySelectorAll('input')) el.checked = el.value === state.method;
       for (const el of seeds.querySelectorAll('input')) { el.checked = el.value === state.seed; el.disabled = isFc; }
