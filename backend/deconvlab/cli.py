@@ -140,6 +140,232 @@ def _index(a) -> int:
 COMMANDS.append(add_index)
 
 
+# ------------------------------------------------ the paper's analyses (Figs. 4-6, 8; Tables 1, 3, 4)
+
+def _analysis_args(p, out: str = "runs/analyses") -> None:
+    p.add_argument("--data", default="", help="ImageFolder root (default: DECONVLAB_DATA / Imagenette)")
+    p.add_argument("--out", default=out, help="folder for the figure (PNG) and the numbers (JSON)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+
+def add_evolution(sub) -> None:
+    p = sub.add_parser("evolution", help="feature evolution over the training snapshots (Fig. 4)")
+    p.add_argument("--model", default="zfnet-imagenette", help="registry name, run folder or snapshots folder")
+    p.add_argument("--units", nargs="*", default=[], help="LAYER:UNIT ... (default: --per-layer strongest per conv layer)")
+    p.add_argument("--per-layer", type=int, default=2, help="units per conv layer when --units is not given")
+    p.add_argument("--split", default="val")
+    p.add_argument("--n", type=int, default=500, help="images of the split to search (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    p.add_argument("--batch-size", type=int, default=64)
+    _analysis_args(p)
+    p.set_defaults(func=_evolution)
+
+
+def _evolution(a) -> int:
+    from .data import data_root
+    from .evolution import build_evolution, default_units, parse_units, write_evolution
+
+    units = parse_units(a.units)
+    root = a.data or str(data_root())
+    ev = build_evolution(a.model, root, a.split, a.n, a.seed, batch_size=a.batch_size, progress=a.progress)
+    units = units or default_units(ev, a.per_layer)
+    res = write_evolution(ev, units, a.out, {"model": str(a.model), "data": root, "split": a.split, "seed": a.seed},
+                          progress=a.progress)
+    print(json.dumps({"figure": str(Path(a.out) / "evolution.png"), "epochs": res["epochs"],
+                      "units": [f"{u['layer']}:{u['unit']}" for u in res["units"]]}))
+    return 0
+
+
+def add_invariance(sub) -> None:
+    from .invariance import DEFAULT_LAYERS, KINDS
+
+    p = sub.add_parser("invariance", help="distances and class probability under translation, scale, rotation (Fig. 5)")
+    p.add_argument("--model", default="zfnet-imagenette", help="registry name or checkpoint path")
+    p.add_argument("--split", default="val")
+    p.add_argument("--files", nargs="*", default=[], help="images as paths relative to the data root "
+                   "(default: --classes images, one per class)")
+    p.add_argument("--classes", type=int, default=5, help="classes to take one image from (default 5)")
+    p.add_argument("--kinds", nargs="*", default=list(KINDS), choices=list(KINDS))
+    p.add_argument("--layers", nargs="*", default=list(DEFAULT_LAYERS))
+    p.add_argument("--steps", type=int, default=0, help="amounts per transformation (0: the ranges of Fig. 5)")
+    p.add_argument("--seed", type=int, default=0)
+    _analysis_args(p)
+    p.set_defaults(func=_invariance)
+
+
+def _invariance(a) -> int:
+    import numpy as np
+    import torch
+
+    from . import load
+    from .data import data_root, decoded, list_split
+    from .evolution import normalise
+    from .invariance import DEFAULT_AMOUNTS, invariance, pick_images, write_invariance
+
+    net = load(a.model, device="cpu")
+    root = a.data or str(data_root())
+    sp = list_split(root, a.split)
+    if a.files:
+        where = {f: i for i, f in enumerate(sp.files)}
+        missing = [f for f in a.files if f not in where]
+        if missing:
+            raise ValueError(f"--files: expected paths relative to {root} such as {sp.files[0]!r}, got {missing}")
+        idx = [where[f] for f in a.files]
+    else:
+        idx = pick_images(sp, 1, a.classes, a.seed)
+    ids = list(net.meta.class_ids) or list(sp.class_ids)
+    targets = []
+    for i in idx:
+        cid = sp.class_ids[sp.targets[i]]
+        if cid not in ids:
+            raise ValueError(f"{sp.files[i]}: its class {cid!r} is not one of the model's classes {ids}")
+        targets.append(ids.index(cid))
+    x = normalise(decoded(sp, net.meta.input_size, progress=False, indices=np.asarray(idx)), net.meta.mean,
+                  net.meta.std)
+    results = []
+    for kind in a.kinds:
+        amounts = DEFAULT_AMOUNTS[kind]
+        if a.steps:
+            amounts = np.linspace(amounts[0], amounts[-1], a.steps).round(3).tolist()
+        results.append(invariance(net, x, targets, kind, amounts, a.layers, progress=a.progress))
+    labels = net.meta.classes or ids
+    names = [f"{labels[t]} ({Path(sp.files[i]).name})" for i, t in zip(idx, targets)]
+    with torch.no_grad():
+        write_invariance(results, names, a.out, x, net.meta.mean, net.meta.std,
+                         {"model": str(a.model), "files": [sp.files[i] for i in idx], "split": a.split})
+    print(json.dumps({"figure": str(Path(a.out) / "invariance.png"), "images": len(idx), "kinds": a.kinds}))
+    return 0
+
+
+def add_correspondence(sub) -> None:
+    from .correspondence import DEFAULT_LAYERS
+
+    p = sub.add_parser("correspondence", help="object-part correspondence: Delta per part vs random boxes (Table 1, Fig. 8)")
+    p.add_argument("--model", default="zfnet-imagenette", help="registry name or checkpoint path")
+    p.add_argument("--boxes", default=str(Path(__file__).resolve().parents[2] / "models" / "analyses"
+                                          / "correspondence_boxes.json"),
+                   help="JSON box file (see correspondence.read_box_file)")
+    p.add_argument("--layers", nargs="*", default=list(DEFAULT_LAYERS))
+    p.add_argument("--random-trials", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    _analysis_args(p)
+    p.set_defaults(func=_correspondence)
+
+
+def _correspondence(a) -> int:
+    from . import load
+    from .correspondence import correspondence, load_box_images, read_box_file, write_correspondence
+    from .data import data_root
+
+    net = load(a.model, device="cpu")
+    spec = read_box_file(a.boxes)
+    root = a.data or str(data_root())
+    x, parts, views = load_box_images(spec, root, net.meta.input_size, net.meta.mean, net.meta.std)
+    res = correspondence(net, x, parts, a.layers, a.random_trials, a.seed, progress=a.progress)
+    write_correspondence(res, views, parts, a.out, {"model": str(a.model), "boxes": str(a.boxes),
+                                                    "files": [im["file"] for im in spec["images"]]})
+    print(json.dumps({"figure": str(Path(a.out) / "correspondence.png"),
+                      "delta_normalised": {p: {L: round(res["parts"][p][L]["delta_normalised"], 4) for L in a.layers}
+                                           for p in parts},
+                      "random": {L: round(res["random"][L]["delta_normalised_mean"], 4) for L in a.layers}
+                      if res["random"] else None}))
+    return 0
+
+
+def _plain_args(a) -> dict:
+    """The parsed options, for the numbers files (what reproduces them)."""
+    return {k: v for k, v in vars(a).items() if k != "func"}
+
+
+# recipe defaults of the short CPU budgets for ablation and transfer (all at one resolution)
+_SHORT_RECIPE = dict(epochs=3, input_size=128, sizes="", snapshots="", half_snapshots=False)
+
+
+def add_ablation(sub) -> None:
+    from .ablation import DEFAULT_VARIANTS, VARIANTS
+    from .train import TrainConfig
+
+    p = sub.add_parser("ablation", help="train architecture variants with one recipe, table of val error (Table 3, Fig. 6)")
+    p.add_argument("--variants", nargs="*", default=list(DEFAULT_VARIANTS), choices=sorted(VARIANTS))
+    p.add_argument("--work", default="runs/ablation", help="folder of the variants' training runs")
+    _dataclass_args(p, TrainConfig, skip=("out", "drop_layers", "conv1_kernel", "conv1_stride", "progress"))
+    p.add_argument("--out", default="runs/analyses", help="folder for the table (JSON, Markdown) and the figure")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=_ablation, **_SHORT_RECIPE)
+
+
+def _ablation(a) -> int:
+    import time
+
+    from .ablation import ablation, write_ablation
+    from .data import data_root
+    from .train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "out"})
+    base.data = base.data or str(data_root())
+    t0 = time.time()
+    table = ablation(base, a.variants, a.work, progress=a.progress)
+    write_ablation(table, a.out, {"args": _plain_args(a), "wall_s": round(time.time() - t0, 1)})
+    print(json.dumps({"table": str(Path(a.out) / "ablation.md"),
+                      "val_error": {r["variant"]: r["val_error"] for r in table["rows"]}}))
+    return 0
+
+
+def add_transfer(sub) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("transfer", help="frozen features + new softmax vs training from scratch, N images per class (Table 4)")
+    p.add_argument("--model", default="", help="pretrained checkpoint; default: train one on --source-classes first")
+    p.add_argument("--source-classes", nargs="*", default=[],
+                   help="class folders the features are trained on (default: the first half); the rest are the target")
+    p.add_argument("--shots", nargs="*", type=int, default=[5, 15, 30], help="training images per target class")
+    p.add_argument("--scratch-steps", type=int, default=300, help="SGD steps of each from-scratch run")
+    p.add_argument("--layer", default="fc7", help="the frozen layer under the new softmax")
+    p.add_argument("--weight-decay-softmax", type=float, default=1e-2, help="L2 penalty of the new softmax")
+    p.add_argument("--work", default="runs/transfer", help="folder of the views and the pretraining run")
+    _dataclass_args(p, TrainConfig, skip=("out", "progress"))
+    p.add_argument("--out", default="runs/analyses", help="folder for the table (JSON, Markdown) and the figure")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=_transfer, **_SHORT_RECIPE)
+
+
+def _transfer(a) -> int:
+    import time
+
+    from .data import data_root, list_split
+    from .train import TrainConfig, train
+    from .transfer import class_split, make_view, transfer, write_transfer
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "out"})
+    root = a.data or str(data_root())
+    work = Path(a.work)
+    src, tgt = class_split(list_split(root, "train").class_ids, a.source_classes or None)
+    t0 = time.time()
+    pretrain = None
+    model = a.model
+    if not model:
+        view = make_view(root, work / "source", src)
+        cfg = dataclasses.replace(base, data=str(view), out=str(work / "pretrain"), progress=a.progress)
+        res = train(cfg)
+        model = res["checkpoint"]
+        pretrain = {"classes": src, "val_top1": res.get("val", {}).get("top1"), "wall_s": round(res["wall_s"], 1),
+                    "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "progress")}}
+    target = make_view(root, work / "target", tgt)
+    table = transfer(model, target, a.shots, base, a.scratch_steps, a.layer, a.weight_decay_softmax, base.seed,
+                     work, progress=a.progress)
+    write_transfer(table, a.out, {"args": _plain_args(a), "pretraining": pretrain,
+                                  "source_classes": src, "wall_s": round(time.time() - t0, 1)})
+    print(json.dumps({"table": str(Path(a.out) / "transfer.md"),
+                      "top1": {r["per_class"]: {"pretrained": round(r["pretrained"]["top1"], 4),
+                                                "scratch": round(r["scratch"]["top1"], 4)} for r in table["rows"]}}))
+    return 0
+
+
+COMMANDS += [add_evolution, add_invariance, add_correspondence, add_ablation, add_transfer]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deconvlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,337 @@
+"""Feature evolution during training (Zeiler & Fergus 2013, Sec. 4.1 and Fig. 4).
+
+Fig. 4 of the paper: "Evolution of a randomly chosen subset of model features
+through training. Each layer's features are displayed in a different block.
+Within each block, we show a randomly chosen subset of features at epochs
+[1, 2, 5, 10, 20, 30, 40, 64]. The visualization shows the strongest
+activation (across all training examples) for a given feature map, projected
+down to pixel space using our deconvnet approach."
+
+Here, for each chosen unit and each training snapshot (``train.py`` writes
+them at the epochs of Fig. 4):
+
+1. the unit's strongest activation over a fixed image subset (the maximum over
+   positions and images; ``EvolutionScan`` keeps every unit's per-image
+   maximum, so any unit can be asked for afterwards without a new scan);
+2. the deconvnet projection (``method="deconv"``, point seed) of that
+   activation, from that image at that position.
+
+Assumptions, stated once:
+
+* The snapshots are of one training run, so unit ``u`` of layer ``l`` is the
+  same feature at every epoch (as in the paper).
+* "Over the data set" is a fixed subset of the split (``subset_indices``: a
+  seeded random sample, by default 500 val images) so that the analysis is
+  interactive; ``n=0`` takes the whole split. Ties go to the lowest image
+  index and the first position in row-major order.
+* Images are read as ``Net.preprocess`` reads them (shorter side resized,
+  centre crop, the model's mean/std).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import Split, decoded, list_split
+from .nets import load_checkpoint, models_dir, read_registry
+from .top_k import LayerInfo, index_layers, scan
+
+SNAPSHOT_RE = re.compile(r"^epoch-(\d+)\.safetensors$")
+
+
+# ------------------------------------------------------------------ snapshots
+
+def snapshot_paths(source: str | Path) -> list[tuple[int, Path]]:
+    """``[(epoch, checkpoint path)]`` sorted by epoch, from one of:
+
+    * a registry name whose entry has ``"snapshots"`` (a folder relative to
+      ``models/``, as ``deconvlab publish`` writes it);
+    * a training run's folder (``<out>/snapshots/epoch-XXX.safetensors``);
+    * a folder of ``epoch-XXX.safetensors`` files.
+    """
+    p = Path(source)
+    folder: Path | None = None
+    if p.is_dir():
+        folder = p / "snapshots" if (p / "snapshots").is_dir() else p
+    else:
+        reg = read_registry()
+        entry = reg["models"].get(str(source))
+        if entry is None:
+            raise KeyError(f"unknown model: expected a registry name, a run folder or a snapshots folder, "
+                           f"got {str(source)!r} (registered: {sorted(reg['models'])})")
+        if not entry.get("snapshots"):
+            raise FileNotFoundError(f"model {source!r} has no training snapshots in the registry "
+                                    f"(expected a \"snapshots\" entry, as `deconvlab publish` writes)")
+        folder = models_dir() / entry["snapshots"]
+    out = []
+    for f in sorted(folder.glob("epoch-*.safetensors")) if folder.is_dir() else []:
+        m = SNAPSHOT_RE.match(f.name)
+        if m:
+            out.append((int(m.group(1)), f))
+    if not out:
+        raise FileNotFoundError(f"no training snapshots in {folder} (expected epoch-XXX.safetensors files)")
+    return sorted(out)
+
+
+def load_snapshots(paths: Iterable[tuple[int, Path]], device: str = "cpu") -> list[tuple[int, "object"]]:
+    """``[(epoch, Net)]`` for ``snapshot_paths``' answer."""
+    from .net import Net
+
+    out = []
+    for epoch, path in paths:
+        module, meta = load_checkpoint(path)
+        out.append((int(epoch), Net(module, meta, device=device)))
+    return out
+
+
+# ------------------------------------------------------------------ images
+
+def subset_indices(total: int, n: int = 500, seed: int = 0) -> np.ndarray:
+    """A fixed, sorted random sample of ``n`` of ``total`` image indices (all when ``n`` is 0 or >= total)."""
+    if n < 0:
+        raise ValueError(f"n: expected 0 (all) or a positive number of images, got {n}")
+    if n == 0 or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+
+
+def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised as ``Net.preprocess`` does."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0  # a writable copy
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def load_subset(split: Split, indices: np.ndarray, size: int, mean, std, progress: bool = False) -> torch.Tensor:
+    """The chosen images of ``split`` as a normalised (N, 3, size, size) batch."""
+    arr = decoded(split, size, progress=progress, indices=indices)
+    return normalise(arr, mean, std)
+
+
+# ------------------------------------------------------------------ scan
+
+@dataclass
+class SnapshotScan:
+    """Every unit's maximum over positions, for every image of the subset, at one snapshot."""
+
+    epoch: int
+    layers: list[LayerInfo]
+    values: np.ndarray  # (N, U) float32: unit u's maximum over positions in image n
+    positions: np.ndarray  # (N, U, 2) int32: where it is ((y, x); -1 for fc units)
+
+    def row(self, layer: str, unit: int) -> int:
+        for L in self.layers:
+            if L.name == layer:
+                if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < L.units:
+                    raise ValueError(f"unit: expected 0..{L.units - 1} for layer {layer}, got {unit!r}")
+                return L.offset + int(unit)
+        raise KeyError(f"unknown layer: expected one of {[L.name for L in self.layers]}, got {layer!r}")
+
+    def strongest(self, layer: str, unit: int) -> tuple[float, int, tuple[int, int] | None]:
+        """``(value, subset row, position)`` of the unit's strongest activation over the subset."""
+        u = self.row(layer, unit)
+        col = self.values[:, u]
+        n = int(np.argmax(col))  # first maximum: lowest subset row
+        y, x = (int(v) for v in self.positions[n, u])
+        return float(col[n]), n, (None if y < 0 else (y, x))
+
+
+@torch.no_grad()
+def scan_snapshot(net, images: torch.Tensor, epoch: int = 0, batch_size: int = 64,
+                  progress: bool = False, desc: str = "scan") -> SnapshotScan:
+    """Run ``images`` (normalised, N x 3 x S x S) through ``net`` and keep every unit's per-image maximum."""
+    from tqdm import tqdm
+
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images: expected a normalised tensor of shape (N, 3, S, S), got {got}")
+    if len(images) == 0:
+        raise ValueError("images: expected at least one image, got none")
+    layers = index_layers(net.module, int(images.shape[-1]))
+    vals, poss = [], []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        v, p = scan(net.module, images[i:i + batch_size].to(net.device), layers)
+        vals.append(v.numpy())
+        poss.append(p.numpy())
+    return SnapshotScan(int(epoch), layers, np.concatenate(vals), np.concatenate(poss))
+
+
+# ------------------------------------------------------------------ evolution
+
+@dataclass
+class EvolutionStep:
+    """One cell of Fig. 4: a unit's strongest activation at one snapshot."""
+
+    epoch: int
+    value: float  # the strongest activation over the subset
+    image_index: int  # index of that image in the split (not in the subset)
+    position: tuple[int, int] | None  # (y, x) in the layer's map; None for fc units
+    box: tuple[int, int, int, int]  # receptive field of that position, input pixels (t, l, b, r)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "value": self.value, "image_index": self.image_index,
+                "position": None if self.position is None else list(self.position), "box": list(self.box)}
+
+
+class Evolution:
+    """Fig. 4 over a list of snapshots and one image subset.
+
+    ``nets``: ``[(epoch, Net)]`` (``load_snapshots``); ``images``: the
+    normalised subset; ``image_indices``: each subset image's index in its
+    split. Scanning happens once, in the constructor (a progress bar per
+    snapshot); ``unit`` and ``projection`` then answer any unit.
+    """
+
+    def __init__(self, nets: list[tuple[int, object]], images: torch.Tensor, image_indices: Sequence[int],
+                 batch_size: int = 64, progress: bool = False):
+        if not nets:
+            raise ValueError("nets: expected at least one (epoch, Net) snapshot, got none")
+        if len(image_indices) != len(images):
+            raise ValueError(f"image_indices: expected one index per image ({len(images)}), "
+                             f"got {len(image_indices)}")
+        self.nets = sorted(nets, key=lambda t: t[0])
+        epochs = [e for e, _ in self.nets]
+        if len(set(epochs)) != len(epochs):
+            raise ValueError(f"nets: expected one snapshot per epoch, got epochs {epochs}")
+        self.images = images
+        self.image_indices = np.asarray(image_indices, dtype=np.int64)
+        self.scans = {e: scan_snapshot(n, images, e, batch_size, progress, desc=f"scan epoch {e}")
+                      for e, n in self.nets}
+
+    @property
+    def epochs(self) -> list[int]:
+        return [e for e, _ in self.nets]
+
+    def net(self, epoch: int):
+        for e, n in self.nets:
+            if e == epoch:
+                return n
+        raise KeyError(f"unknown epoch: expected one of {self.epochs}, got {epoch!r}")
+
+    def unit(self, layer: str, unit: int) -> list[EvolutionStep]:
+        """The unit's strongest activation at every snapshot, oldest first."""
+        steps = []
+        for e, net in self.nets:
+            value, row, pos = self.scans[e].strongest(layer, unit)
+            box = net.receptive_field(layer, *(pos if pos is not None else (None, None)))
+            steps.append(EvolutionStep(e, value, int(self.image_indices[row]), pos, tuple(int(v) for v in box)))
+        return steps
+
+    def projection(self, layer: str, unit: int, epoch: int, method: str = "deconv") -> np.ndarray:
+        """The deconvnet projection (3 x S x S float32) of the unit's strongest activation at ``epoch``."""
+        net = self.net(epoch)
+        value, row, pos = self.scans[epoch].strongest(layer, unit)
+        rec = net.forward(self.images[row:row + 1].to(net.device))
+        return net.project(rec, layer, int(unit), method=method, position=pos).float().cpu().numpy()
+
+    def input_view(self, image_index: int, mean, std) -> np.ndarray:
+        """The subset image with split index ``image_index`` as uint8 (S, S, 3) (un-normalised)."""
+        rows = np.flatnonzero(self.image_indices == image_index)
+        if rows.size == 0:
+            raise KeyError(f"image_index: expected one of the subset's images, got {image_index}")
+        x = self.images[int(rows[0])]
+        m = torch.tensor(mean).view(3, 1, 1)
+        s = torch.tensor(std).view(3, 1, 1)
+        return ((x * s + m).clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
+
+
+def parse_units(specs: Iterable[str]) -> list[tuple[str, int]]:
+    """``["conv1:3", "conv5:12"]`` -> ``[("conv1", 3), ("conv5", 12)]``."""
+    out = []
+    for s in specs:
+        layer, sep, unit = str(s).partition(":")
+        if not sep or not layer or not unit.strip().lstrip("-").isdigit():
+            raise ValueError(f"unit: expected LAYER:UNIT such as conv5:12, got {s!r}")
+        out.append((layer, int(unit)))
+    return out
+
+
+def default_units(ev: Evolution, per_layer: int = 2, layers: Sequence[str] = ("conv1", "conv2", "conv3",
+                                                                               "conv4", "conv5")
+                  ) -> list[tuple[str, int]]:
+    """``per_layer`` units of each conv layer: those whose strongest activation at the last snapshot
+    is largest (the features that end up strongest; the paper picked at random)."""
+    last = ev.scans[ev.epochs[-1]]
+    out = []
+    for L in last.layers:
+        if L.name not in layers:
+            continue
+        best = last.values[:, L.offset:L.offset + L.units].max(0)
+        for u in np.argsort(-best, kind="stable")[:per_layer]:
+            out.append((L.name, int(u)))
+    return out
+
+
+# ------------------------------------------------------------------ figure and numbers
+
+def projection_crop(projection: np.ndarray, box: Sequence[int], size: int = 96) -> Image.Image:
+    """A projection as RGB (mid-grey zero, ``render.projection_image``), cropped to ``box``, ``size`` px wide."""
+    from .render import projection_image
+
+    t, l, b, r = (int(v) for v in box)
+    im = projection_image(projection).crop((l, t, r, b))
+    return im.resize((size, max(1, round(size * (b - t) / max(r - l, 1)))), Image.NEAREST
+                     if (r - l) < size else Image.BILINEAR)
+
+
+def evolution_strip(ev: Evolution, units: Sequence[tuple[str, int]], cell: int = 96,
+                    progress: bool = False) -> tuple[Image.Image, dict]:
+    """Fig. 4: one row per unit, one column per snapshot (the projection cropped to its receptive
+    field), epoch and value written under each cell. Returns the image and the numbers."""
+    from PIL import ImageDraw
+    from tqdm import tqdm
+
+    label_w, text_h, pad = 90, 26, 4
+    cols = len(ev.epochs)
+    W = label_w + cols * (cell + pad)
+    H = 20 + len(units) * (cell + text_h + pad)
+    sheet = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, e in enumerate(ev.epochs):
+        draw.text((label_w + c * (cell + pad) + 2, 4), f"epoch {e}", fill="black")
+    numbers = {"epochs": ev.epochs, "subset_size": int(len(ev.image_indices)), "units": []}
+    for r, (layer, unit) in enumerate(tqdm(units, desc="project", disable=not progress)):
+        y0 = 20 + r * (cell + text_h + pad)
+        draw.text((4, y0 + cell // 2 - 6), f"{layer}:{unit}", fill="black")
+        steps = ev.unit(layer, unit)
+        for c, st in enumerate(steps):
+            p = ev.projection(layer, unit, st.epoch)
+            tile = projection_crop(p, st.box, cell)
+            x0 = label_w + c * (cell + pad)
+            sheet.paste(tile.crop((0, 0, cell, min(cell, tile.height))), (x0, y0))
+            draw.text((x0 + 2, y0 + cell + 2), f"{st.value:.3g}", fill="black")
+            draw.text((x0 + 2, y0 + cell + 13), f"img {st.image_index}", fill=(90, 90, 90))
+        numbers["units"].append({"layer": layer, "unit": int(unit), "snapshots": [s.to_dict() for s in steps]})
+    return sheet, numbers
+
+
+def write_evolution(ev: Evolution, units: Sequence[tuple[str, int]], out: str | Path, meta: dict | None = None,
+                    progress: bool = False) -> dict:
+    """Write ``evolution.png`` (the strips) and ``evolution.json`` (the numbers) into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sheet, numbers = evolution_strip(ev, units, progress=progress)
+    numbers.update(meta or {})
+    sheet.save(out / "evolution.png")
+    (out / "evolution.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    return numbers
+
+
+def build_evolution(model: str | Path, data: str | Path, split: str = "val", n: int = 500, seed: int = 0,
+                    device: str = "cpu", batch_size: int = 64, progress: bool = False) -> Evolution:
+    """Load every snapshot of ``model`` and scan ``n`` images of ``data/split`` (the CLI's and API's path)."""
+    nets = load_snapshots(snapshot_paths(model), device=device)
+    meta = nets[0][1].meta
+    sp = list_split(data, split)
+    idx = subset_indices(len(sp), n, seed)
+    images = load_subset(sp, idx, meta.input_size, meta.mean, meta.std, progress=progress)
+    return Evolution(nets, images, idx, batch_size=batch_size, progress=progress)

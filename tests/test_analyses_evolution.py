@@ -1,0 +1,146 @@
+"""Feature evolution (Fig. 4): hand-set snapshots whose strongest images are known, the command, the route."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deconvlab.evolution import (Evolution, build_evolution, load_snapshots, parse_units, snapshot_paths,
+                                 subset_indices)
+from deconvlab.nets import ModelMeta, ZFNetConfig, save_checkpoint, zfnet
+from deconvlab.nets.registry import IMAGENET_MEAN, IMAGENET_STD
+
+SIZE = 64
+COLOURS = {"0grey": (128, 128, 128), "1red": (255, 0, 0), "2green": (0, 255, 0)}
+
+
+def toy_snapshot(channel: int, seed: int = 0):
+    """A tiny ZFNet whose only conv1 filter averages one colour channel over its 7x7 window."""
+    cfg = ZFNetConfig(num_classes=2, width=1 / 96, fc_size=8, norm="none", input_size=SIZE)
+    torch.manual_seed(seed)
+    model = zfnet(cfg).eval()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        model.conv1.weight[0, channel] = 1.0 / 49
+        model.conv1.bias.zero_()
+    meta = ModelMeta(arch="zfnet", config=cfg.to_dict(), classes=["a", "b"], class_ids=["a", "b"],
+                     input_size=SIZE, name="toy")
+    return model, meta
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A run folder with snapshots at epochs 1 (conv1 reads red) and 2 (conv1 reads green)."""
+    run = tmp_path_factory.mktemp("run")
+    for epoch, channel in ((1, 0), (2, 1)):
+        save_checkpoint(run / "snapshots" / f"epoch-{epoch:03d}.safetensors", *toy_snapshot(channel))
+    return run
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    d = root / "val" / "a"
+    d.mkdir(parents=True)
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (SIZE, SIZE), rgb).save(d / f"{name}.png")
+    return root
+
+
+def normalised(rgb, channel):
+    return (rgb[channel] / 255 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
+
+
+def test_snapshot_paths_from_a_run_a_folder_and_the_registry(toy_run, tmp_path, monkeypatch):
+    want = [(1, toy_run / "snapshots" / "epoch-001.safetensors"), (2, toy_run / "snapshots" / "epoch-002.safetensors")]
+    assert snapshot_paths(toy_run) == want
+    assert snapshot_paths(toy_run / "snapshots") == want
+    models = tmp_path / "models"
+    (models / "toy").mkdir(parents=True)
+    (models / "toy" / "snapshots").symlink_to(toy_run / "snapshots")
+    (models / "registry.json").write_text(json.dumps({"default": "toy", "models": {
+        "toy": {"checkpoint": "toy/model.safetensors", "snapshots": "toy/snapshots"},
+        "bare": {"checkpoint": "bare/model.safetensors"}}}))
+    monkeypatch.setenv("DECONVLAB_MODELS", str(models))
+    assert [e for e, _ in snapshot_paths("toy")] == [1, 2]
+    with pytest.raises(FileNotFoundError, match="has no training snapshots"):
+        snapshot_paths("bare")
+    with pytest.raises(KeyError, match="unknown model"):
+        snapshot_paths("nope")
+    with pytest.raises(FileNotFoundError, match="no training snapshots in"):
+        snapshot_paths(tmp_path)
+
+
+def test_strongest_activation_and_projection_per_snapshot_are_known(toy_run, toy_data):
+    ev = build_evolution(toy_run, toy_data, "val", n=0)
+    steps = ev.unit("conv1", 0)
+    assert [s.epoch for s in steps] == [1, 2]
+    # epoch 1 reads red: the red image (index 1) wins with the normalised red value
+    assert steps[0].image_index == 1
+    assert steps[0].value == pytest.approx(normalised(COLOURS["1red"], 0), rel=1e-5)
+    # epoch 2 reads green: the green image (index 2) wins
+    assert steps[1].image_index == 2
+    assert steps[1].value == pytest.approx(normalised(COLOURS["2green"], 1), rel=1e-5)
+    # the first position whose 7x7 window misses the zero padding, and its receptive field
+    assert steps[0].position == (1, 1) and steps[0].box == (1, 1, 8, 8)
+    for st, channel in zip(steps, (0, 1)):
+        p = ev.projection("conv1", 0, st.epoch)
+        assert p.shape == (3, SIZE, SIZE)
+        # deconvnet of one conv1 unit: its (transposed) filter placed on its receptive field
+        want = np.zeros((3, SIZE, SIZE), np.float32)
+        want[channel, 1:8, 1:8] = st.value / 49
+        np.testing.assert_allclose(p, want, atol=1e-6)
+    # fc units have no position and see the whole image
+    fc = ev.unit("fc8", 1)
+    assert fc[0].position is None and fc[0].box == (0, 0, SIZE, SIZE)
+
+
+def test_evolution_checks_its_input(toy_run, toy_data):
+    ev = build_evolution(toy_run, toy_data, "val", n=2, seed=3)
+    assert len(ev.image_indices) == 2
+    with pytest.raises(ValueError, match=r"unit: expected 0\.\.0 for layer conv1, got 5"):
+        ev.unit("conv1", 5)
+    with pytest.raises(KeyError, match="unknown layer"):
+        ev.unit("conv9", 0)
+    with pytest.raises(KeyError, match=r"unknown epoch: expected one of \[1, 2\], got 7"):
+        ev.projection("conv1", 0, 7)
+    with pytest.raises(ValueError, match="expected LAYER:UNIT"):
+        parse_units(["conv1"])
+    assert parse_units(["conv5:12", "fc7:0"]) == [("conv5", 12), ("fc7", 0)]
+    nets = load_snapshots(snapshot_paths(toy_run))
+    with pytest.raises(ValueError, match="one index per image"):
+        Evolution(nets, ev.images, [0])
+    assert subset_indices(10, 0).tolist() == list(range(10))
+    assert subset_indices(1000, 5, seed=1).tolist() == subset_indices(1000, 5, seed=1).tolist()
+    with pytest.raises(ValueError, match="expected 0 \\(all\\) or a positive number"):
+        subset_indices(10, -1)
+
+
+def test_evolution_command_end_to_end(toy_run, toy_data, tmp_path):
+    from deconvlab.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["evolution", "--model", str(toy_run), "--data", str(toy_data), "--n", "0",
+               "--units", "conv1:0", "conv5:1", "fc8:0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "evolution.json").read_text())
+    assert res["epochs"] == [1, 2] and res["subset_size"] == 3
+    first = res["units"][0]
+    assert (first["layer"], first["unit"]) == ("conv1", 0)
+    assert [s["image_index"] for s in first["snapshots"]] == [1, 2]
+    with Image.open(out / "evolution.png") as im:
+        a = np.asarray(im.convert("RGB"))
+    assert im.height >= 3 * 96 and a.std() > 10
+    # default units: the strongest per conv layer
+    rc = main(["evolution", "--model", str(toy_run), "--data", str(toy_data), "--n", "0", "--per-layer", "1",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "evolution.json").read_text())
+    assert [u["layer"] for u in res["units"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert main(["evolution", "--model", str(toy_run), "--data", str(toy_data), "--units", "conv1:9",
+                 "--out", str(out), "--no-progress"]) == 2
