@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,9 +82,9 @@ def handset_model() -> nn.Sequential:
 
 
 def as_net(module: nn.Sequential, input_size: int, name: str, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
-    """What build_index needs of a Net: the module, its meta, its device."""
-    meta = ModelMeta(arch="test", input_size=input_size, mean=mean, std=std, name=name)
-    return SimpleNamespace(module=module, meta=meta, device=torch.device("cpu"))
+    from deconvlab.net import Net
+
+    return Net(module, ModelMeta(arch="test", input_size=input_size, mean=mean, std=std, name=name), device="cpu")
 
 
 def blob(a: np.ndarray, centre, channel: int, v: int) -> None:
@@ -289,6 +288,10 @@ def test_stored_values_equal_a_fresh_forward_pass(noise_data, tmp_path):
                 fresh, peak = float(a[y, x_]), float(a.max())
             assert fresh == pytest.approx(e["value"], rel=1e-4, abs=1e-5)
             assert peak == pytest.approx(e["value"], rel=1e-4, abs=1e-5)  # the stored position holds the max
+            # the engine's route: Net.preprocess + Net.forward
+            b = net.forward(net.preprocess(load_rgb(idx.image_path(e["image_index"])))).activations[layer][0, unit]
+            at = b if e["position"] is None else b[e["position"][0], e["position"][1]]
+            assert float(at) == pytest.approx(e["value"], rel=1e-4, abs=1e-5)
             checked += 1
     assert checked >= 16
 
@@ -434,3 +437,93 @@ def test_default_index_path_is_under_the_cache(monkeypatch, tmp_path):
     p = default_index_path("zfnet-imagenette", tmp_path / "data", "val")
     assert p.parent == tmp_path / "cache" / "index" and p.name.startswith("zfnet-imagenette-val-")
     assert p != default_index_path("zfnet-imagenette", tmp_path / "other", "val")
+
+
+# ------------------------------------------------------------ patches and projections
+
+def test_patches_are_receptive_field_crops_and_projections_match_net_project(handset_data, tmp_path):
+    net = as_net(handset_model(), SIZE, "handset")
+    out = build_index(net, handset_data, "val", out=tmp_path / "idx", k=3, workers=0, progress=False)
+    idx = TopKIndex.open(out, net=net, data_root=handset_data)
+    # conv1 is 3x3 with padding 1: the unit at (3, 12) sees rows 2..4, columns 11..13 -- the red blob
+    e = idx.entries("conv1", 0)
+    assert [x["box"] for x in e] == [(2, 11, 5, 14), (2, 2, 5, 5), (2, 2, 5, 5)]
+    assert [x["box"] for x in idx.entries("conv2", 1)] == [(11, 11, 14, 14)] * 3  # 1x1 on top: the same box
+    p = idx.patch("conv1", 0, 0)
+    assert p.mode == "RGB" and p.size == (3, 3)
+    assert (np.asarray(p) == np.array([255, 0, 0], np.uint8)).all()  # image 2's red blob at full strength
+    assert np.asarray(idx.patch("conv1", 0, 1))[..., 0].tolist() == [[250] * 3] * 3
+    whole = idx.patch("fc8", 1, 0)  # fc units see the whole input
+    assert whole.size == (SIZE, SIZE)
+    np.testing.assert_array_equal(np.asarray(whole), np.asarray(load_rgb(idx.image_path(11))))
+
+    calls = []
+    real = net.project_many
+    net.project_many = lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw)
+    units = [("conv1", 0), ("conv2", 0), ("fc8", 1)]
+    got = {(layer, unit, x["rank"]): idx.projection(layer, unit, x["rank"])
+           for layer, unit in units for x in idx.entries(layer, unit)}
+    assert calls == [3, 3, 3]  # one batch per unit: all k entries at once, then cached
+    net.project_many = real
+    for layer, unit in units:
+        for x in idx.entries(layer, unit):
+            q = got[layer, unit, x["rank"]]
+            t, l, b, r = x["box"]
+            assert q.dtype == np.float32 and q.shape == (3, b - t, r - l)
+            # the independent route: one image, Net.project at the stored position, cropped to the box
+            rec = net.forward(net.preprocess(load_rgb(idx.image_path(x["image_index"]))))
+            ref = net.project(rec, layer, unit, position=x["position"]).numpy()
+            np.testing.assert_allclose(q, ref[:, t:b, l:r], rtol=1e-5, atol=1e-6)
+            assert np.abs(ref).sum() == pytest.approx(np.abs(q).sum(), rel=1e-5)  # nothing outside the box
+            assert np.abs(q).max() > 0
+    net.project_many = lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw)
+    assert len(idx.projections("conv1", 0)) == 3 and calls == [3, 3, 3]
+
+
+def test_the_unit_cache_is_bounded(handset_data, tmp_path):
+    net = as_net(handset_model(), SIZE, "handset")
+    out = build_index(net, handset_data, "val", out=tmp_path / "idx", k=3, workers=0, progress=False)
+    idx = TopKIndex.open(out, net=net, data_root=handset_data, cache_bytes=3000)
+    for unit in range(3):
+        idx.projection("conv1", unit, 0)
+        idx.patch("fc8", unit % 2, 0)
+        assert idx._cache_bytes <= 3000 or len(idx._cache) == 1
+    assert len(idx._cache) < 6
+    with pytest.raises(ValueError, match="rank: expected an integer in 0..2, got 3"):
+        idx.patch("conv1", 0, 3)
+    with pytest.raises(ValueError, match="unit: expected an integer in 0..1 for layer fc8, got -1"):
+        idx.projection("fc8", -1, 0)
+
+
+# ------------------------------------------------------------ torchrun, two ranks
+
+def _cli(*args) -> list[str]:
+    import sys
+    return [sys.executable, "-m", "deconvlab.cli", "index", *args]
+
+
+def test_two_ranks_under_torchrun_equal_one_process(noise_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from deconvlab.nets import save_checkpoint
+
+    cfg = ZFNetConfig(num_classes=3, width=0.125, fc_size=32, norm="none", input_size=INPUT)
+    ck = save_checkpoint(tmp_path / "small.safetensors", small_zfnet(),
+                         ModelMeta(arch="zfnet", config=cfg.to_dict(), classes=["a", "b", "c"], input_size=INPUT))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", DECONVLAB_CACHE=str(tmp_path / "cache"))
+    common = ["--model", str(ck), "--data", str(noise_data), "--split", "val", "--k", "4", "--batch-size", "7",
+              "--workers", "0", "--threads", "1", "--no-progress"]
+    one = subprocess.run(_cli(*common, "--out", str(tmp_path / "one")), env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert one.returncode == 0, one.stderr
+    torchrun = Path(sys.executable).with_name("torchrun")
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "deconvlab.cli", "index",
+                          *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = json.loads(two.stdout.strip().splitlines()[-1])
+    assert (summary["world_size"], summary["num_images"], summary["k"]) == (2, 30, 4)
+    assert_same_index(tmp_path / "one", tmp_path / "two")
+    assert not (tmp_path / "two" / "partial").exists()

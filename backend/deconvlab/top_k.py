@@ -315,8 +315,8 @@ class _SplitImages(torch.utils.data.Dataset):
 
     def __init__(self, split: Split, size: int, mean, std):
         self.split, self.size = split, size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -331,8 +331,8 @@ class _SplitImages(torch.utils.data.Dataset):
                 rgb = to_rgb(im)
         except Exception as e:  # noqa: BLE001 -- name the file, keep the cause
             raise ValueError(f"cannot decode data-set image {self.split.files[i]}: {e}") from e
-        a = np.asarray(resize_crop(rgb, self.size), dtype=np.uint8)
-        x = (torch.from_numpy(a.copy()).permute(2, 0, 1).float() - self.mean) / self.std
+        a = np.asarray(resize_crop(rgb, self.size), dtype=np.float32) / 255.0  # as Net.preprocess does
+        x = ((torch.from_numpy(a).permute(2, 0, 1) - self.mean) / self.std).contiguous()
         sha = np.uint64(_sha_u64(hashlib.sha256(data).digest())).view(np.int64)  # torch has no uint64
         return x, i, int(sha)
 
@@ -767,7 +767,7 @@ class TopKIndex:
                 entries = self.entries(layer, unit)
                 views = [self._view(e["image_index"]) for e in entries]
                 item = {"entries": entries, "views": views, "proj": None,
-                        "nbytes": sum(v.size for v in views) * 3}
+                        "nbytes": sum(v.width * v.height * 3 for v in views)}
                 self._put(key, item)
             else:
                 self._cache.move_to_end(key)
