@@ -527,3 +527,24 @@ def test_two_ranks_under_torchrun_equal_one_process(noise_data, tmp_path):
     assert (summary["world_size"], summary["num_images"], summary["k"]) == (2, 30, 4)
     assert_same_index(tmp_path / "one", tmp_path / "two")
     assert not (tmp_path / "two" / "partial").exists()
+
+
+def test_open_or_build_builds_once_then_opens_and_rebuilds_when_stale(handset_data, tmp_path, monkeypatch):
+    from deconvlab import top_k
+
+    monkeypatch.setenv("DECONVLAB_CACHE", str(tmp_path / "cache"))
+    net = as_net(handset_model(), SIZE, "handset")
+    builds = []
+    real = top_k.build_index
+    monkeypatch.setattr(top_k, "build_index", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    idx = top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
+    assert idx.path == default_index_path("handset", handset_data, "val") and builds == [1]
+    assert [e["image_index"] for e in idx.entries("conv1", 0)] == [2, 10, 0]
+    top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
+    assert builds == [1]  # fresh: opened, not rebuilt
+    with torch.no_grad():
+        net.module.conv1.weight[0] *= -1  # the red detector now prefers green and blue
+    with pytest.raises(StaleIndexError, match="weights changed"):
+        top_k.open_or_build(net, handset_data, "val", k=3, rebuild_stale=False)
+    idx = top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
+    assert builds == [1, 1] and [e["image_index"] for e in idx.entries("conv1", 0)][:1] == [4]
