@@ -1,0 +1,130 @@
+"""Shared fixtures: a small random-weight ZFNet, its checkpoint, a models folder, a ``Net``.
+
+Nothing here depends on training or on the Imagenette data.
+
+* ``small_zfnet_module()``: a quarter-width ZFNet (fc 128, 10 classes, no LRN),
+  He-initialised from a fixed seed so activations are O(1) at every layer.
+* ``small_checkpoint``: that model saved with ``save_checkpoint`` (safetensors
+  with its ``ModelMeta``) in a session tmp dir.
+* ``small_models_dir``: a models folder whose ``registry.json`` names it
+  ``zfnet-imagenette`` (the default model); ``models_env`` points
+  ``DECONVLAB_MODELS`` at it for one test.
+* ``small_net`` / ``small_record``: a CPU ``Net`` over the checkpoint and the
+  record of ``sample_image`` (a deterministic 256x200 RGB picture).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from deconvlab.data import IMAGENETTE_LABELS
+from deconvlab.nets import ModelMeta, ZFNetConfig, save_checkpoint, zfnet
+
+SMALL_CONFIG = dict(num_classes=10, width=0.25, fc_size=128, norm="none")
+
+
+def he_init(model: nn.Module, seed: int = 0, bias: float = 0.05) -> nn.Module:
+    """He-normal weights and small random biases from ``seed`` (in place).
+
+    Tensors over a million entries (VGG's and AlexNet's fc layers) are filled by
+    tiling one block of 2**20 + 7 normal draws from a random start: drawing
+    100M normals costs seconds on two cores, a copy does not, and the odd
+    period lines up with no row, channel or spatial position.
+    """
+    g = torch.Generator().manual_seed(seed)
+    block = torch.randn(2 ** 20 + 7, generator=g)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                std = (2.0 / m.weight[0].numel()) ** 0.5
+                n = m.weight.numel()
+                if n <= block.numel():
+                    w = torch.randn(m.weight.shape, generator=g)
+                else:
+                    start = int(torch.randint(block.numel(), (1,), generator=g))
+                    reps = -(-(n + start) // block.numel())
+                    w = block.repeat(reps)[start:start + n].view(m.weight.shape)
+                m.weight.copy_(w * std)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * bias)
+    return model
+
+
+def fast_build(builder, *args, seed: int = 0, **kwargs) -> nn.Module:
+    """``builder(*args, **kwargs)`` made on the meta device (skipping its own slow random
+    init), then allocated on the CPU and ``he_init``-ialised: e.g. ``fast_build(vgg16, 10)``."""
+    with torch.device("meta"):
+        model = builder(*args, **kwargs)
+    return he_init(model.to_empty(device="cpu"), seed).eval()
+
+
+def small_zfnet_module(seed: int = 0, **overrides) -> tuple[nn.Sequential, ModelMeta]:
+    """A small random-weight ZFNet and its meta (Imagenette's 10 classes)."""
+    cfg = ZFNetConfig(**{**SMALL_CONFIG, **overrides})
+    model = he_init(zfnet(cfg), seed).eval()
+    ids = sorted(IMAGENETTE_LABELS)[:cfg.num_classes]
+    meta = ModelMeta(arch="zfnet", config=cfg.to_dict(), classes=[IMAGENETTE_LABELS[i] for i in ids],
+                     class_ids=ids, input_size=cfg.input_size, name="zfnet-small")
+    return model, meta
+
+
+def make_sample_image(width: int = 256, height: int = 200, seed: int = 0) -> Image.Image:
+    """Smooth colour gradients, a few discs and noise: every layer has something to respond to."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    img = np.stack([xx / width * 255, yy / height * 255, (xx + yy) / (width + height) * 255], -1)
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(10, 40)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 12, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="session")
+def sample_image() -> Image.Image:
+    return make_sample_image()
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(tmp_path_factory) -> Path:
+    model, meta = small_zfnet_module()
+    path = tmp_path_factory.mktemp("models") / "zfnet-imagenette" / "model.safetensors"
+    return save_checkpoint(path, model, meta)
+
+
+@pytest.fixture(scope="session")
+def small_models_dir(small_checkpoint) -> Path:
+    root = small_checkpoint.parent.parent
+    (root / "registry.json").write_text(json.dumps({
+        "default": "zfnet-imagenette",
+        "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors"}},
+    }))
+    return root
+
+
+@pytest.fixture
+def models_env(small_models_dir, monkeypatch) -> Path:
+    """``DECONVLAB_MODELS`` -> a folder where ``zfnet-imagenette`` is the small random ZFNet."""
+    monkeypatch.setenv("DECONVLAB_MODELS", str(small_models_dir))
+    return small_models_dir
+
+
+@pytest.fixture(scope="session")
+def small_net(small_checkpoint):
+    from deconvlab.net import Net
+    from deconvlab.nets import load_checkpoint
+
+    module, meta = load_checkpoint(small_checkpoint)
+    return Net(module, meta, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def small_record(small_net, sample_image):
+    return small_net.forward(small_net.preprocess(sample_image))
