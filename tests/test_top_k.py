@@ -402,6 +402,8 @@ def test_bad_input_gets_clear_errors(handset_data, tmp_path):
         idx.entries("conv1", 3)
     with pytest.raises(IndexError, match="image_index: expected an integer in 0..11, got 12"):
         idx.image_path(12)
+    with pytest.raises(ValueError, match="open the index with net="):
+        idx.patch("conv1", 0, 0)
 
     # a corrupt image is named, and the folder keeps its last good index
     (handset_data / "val" / "a" / "00.png").write_bytes(b"not a png")

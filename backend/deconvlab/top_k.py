@@ -765,6 +765,8 @@ class TopKIndex:
             item = self._cache.get(key)
             if item is None:
                 entries = self.entries(layer, unit)
+                if any(e["box"] is None for e in entries):
+                    raise ValueError("patches need the model's receptive fields: open the index with net=")
                 views = [self._view(e["image_index"]) for e in entries]
                 item = {"entries": entries, "views": views, "proj": None,
                         "nbytes": sum(v.width * v.height * 3 for v in views)}
