@@ -366,6 +366,34 @@ def _transfer(a) -> int:
 COMMANDS += [add_evolution, add_invariance, add_correspondence, add_ablation, add_transfer]
 
 
+# ------------------------------------------------------------------ serve
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="the REST API and the browser app (FastAPI under uvicorn)")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1, DECONVLAB_HOST)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default 8000, DECONVLAB_PORT)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto, DECONVLAB_DEVICE)")
+    p.add_argument("--models", default=None, help="comma-separated registry names to serve (default: all)")
+    p.add_argument("--data", default=None, help="ImageFolder root for the top-k index (DECONVLAB_DATA)")
+    p.add_argument("--data-dir", default=None, help="uploads and results (DECONVLAB_DATA_DIR)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_serve)
+
+
+def _serve(a) -> int:
+    import uvicorn
+
+    from .api import Settings, create_app
+
+    given = {"host": a.host, "port": a.port, "device": a.device, "serve_models": a.models, "data": a.data,
+             "data_dir": a.data_dir}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=a.log_level)
+    return 0
+
+
+COMMANDS.append(add_serve)
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deconvlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

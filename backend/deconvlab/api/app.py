@@ -1,0 +1,133 @@
+"""The FastAPI app: ``create_app(settings)``; ``deconvlab serve`` runs it under uvicorn.
+
+Start-up (the lifespan) loads every served model once, onto CUDA when present
+(``DECONVLAB_DEVICE``), opens each model's top-k index when a data set is
+configured (a missing or stale one is reported by ``/api/ready`` and answered
+503 by the top-k routes, never served), and sets PIL's decompression-bomb
+limit to the server's pixel limit. Routes live in ``routes/``; the error
+mapping in ``errors.py``; the single inference thread in ``runner.py``.
+
+``/docs`` is Swagger UI from files on disk (the ``fastapi-offline`` package's
+copy), so it works with no network. The browser app (``frontend/``) is served
+at ``/`` when its ``index.html`` exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from . import errors
+from .config import Settings
+from .deps import AppState, ModelSlot
+
+log = logging.getLogger("deconvlab.api")
+
+DOCS_STATIC = "/docs-static"
+
+
+def _docs_assets() -> Path:
+    import fastapi_offline.core as fo
+
+    return Path(fo._STATIC_PATH)
+
+
+def load_models(state: AppState) -> None:
+    """Load the served models and open their indexes (start-up; blocking)."""
+    from PIL import Image
+
+    from ..nets import read_registry
+
+    s = state.settings
+    Image.MAX_IMAGE_PIXELS = s.max_pixels  # PIL refuses (DecompressionBombError) beyond twice this
+    root = s.models_path()
+    reg = read_registry(root)
+    names = s.model_names() or sorted(reg["models"])
+    state.default = reg.get("default", "") if reg.get("default") in names else (names[0] if names else "")
+    if s.data:
+        from ..data import list_split
+        try:
+            state.split = list_split(s.data, s.index_split)
+        except FileNotFoundError as e:
+            log.warning("data set: %s", e)
+    for name in names:
+        slot = ModelSlot(name)
+        state.models[name] = slot
+        try:
+            slot.net = state.runner.call(_load_net, name, root, s.device)
+            slot.info = slot.net.layer_info()
+        except Exception as e:  # a model that fails to load is reported, the others still serve
+            slot.error = f"{type(e).__name__}: {e}"
+            log.error("model %s failed to load: %s", name, slot.error)
+            continue
+        open_index(state, slot)
+
+
+def _load_net(name: str, root: Path, device: str):
+    from ..net import Net
+    from ..nets import resolve
+
+    module, meta = resolve(name, root)
+    return Net(module, meta, device=device)
+
+
+def open_index(state: AppState, slot: ModelSlot) -> None:
+    s = state.settings
+    if not s.data:
+        slot.index_status = "no data set"
+        return
+    from ..top_k import StaleIndexError, TopKIndex, default_index_path
+
+    path = default_index_path(slot.name, s.data, s.index_split)
+    try:
+        slot.index = TopKIndex.open(path, net=slot.net, data_root=s.data)
+        slot.index_status = "ready"
+    except FileNotFoundError:
+        slot.index, slot.index_status = None, "missing"
+    except (StaleIndexError, ValueError) as e:
+        slot.index, slot.index_status = None, f"stale: {e}"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = AppState(settings)
+        app.state.deconvlab = state
+        load_models(state)
+        try:
+            yield
+        finally:
+            state.runner.shutdown()
+
+    app = FastAPI(title="deconvlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Zeiler & Fergus (2013), *Visualizing and Understanding Convolutional "
+                              "Networks*: deconvnet projections, top-k patches, occlusion. "
+                              "The contract: backend/deconvlab/api/README.md.")
+    errors.install(app)
+
+    from .routes import filters, images, occlusion, system, top
+
+    for r in (system.router, images.router, top.router, occlusion.router, filters.router):
+        app.include_router(r, prefix="/api")
+
+    app.mount(DOCS_STATIC, StaticFiles(directory=_docs_assets()), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="deconvlab API",
+                                   swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
+
+    front = settings.frontend_path()
+    if (front / "index.html").is_file():
+        app.mount("/", StaticFiles(directory=front, html=True), name="frontend")
+    return app

@@ -1,0 +1,68 @@
+"""The server's settings: one ``Settings`` object, read from ``DECONVLAB_*`` environment variables.
+
+Every field can be set as ``DECONVLAB_<FIELD>`` (e.g. ``DECONVLAB_DEVICE=cpu``,
+``DECONVLAB_MAX_UPLOAD_BYTES=1048576``) or passed to ``Settings(...)`` directly
+(tests do that). Paths left empty fall back to the library's own defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DECONVLAB_", extra="ignore")
+
+    # address uvicorn binds; loopback by default so nothing is exposed unless asked
+    host: str = "127.0.0.1"
+    # TCP port of the server
+    port: int = Field(8000, ge=0, le=65535)
+    # where models run: "auto" (CUDA when present, else CPU), "cpu" or "cuda"
+    device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
+    # model registry folder (registry.json + checkpoints); empty: deconvlab.nets.models_dir()
+    models: str = ""
+    # comma-separated registry names to load at start-up; empty: every model in the registry
+    serve_models: str = ""
+    # ImageFolder data set the top-k index and the data-set routes read; empty: none
+    data: str = ""
+    # split of ``data`` the top-k index was built on
+    index_split: str = "val"
+    # server state (uploads, occlusion results); empty: <cache dir>/server (DECONVLAB_CACHE or ~/.cache/deconvlab)
+    data_dir: str = ""
+    # largest upload accepted, in bytes, counted while the body streams in (413 beyond)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # largest image accepted, in pixels (width x height), checked before decoding (413 beyond)
+    max_pixels: int = Field(40_000_000, ge=1)
+    # inference jobs allowed to wait or run at once; one more gets 429 with Retry-After
+    queue_size: int = Field(32, ge=1)
+    # seconds a client is told to wait (Retry-After) when the queue is full
+    retry_after_s: int = Field(1, ge=1)
+    # memory bound of the forward-record cache (activations, switches) per server, bytes
+    cache_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    # most forward passes one occlusion request may cost (422 beyond, naming the budget)
+    occlusion_max_passes: int = Field(4096, ge=1)
+    # occluder positions per batch in the occlusion computation
+    occlusion_batch: int = Field(128, ge=1)
+    # folder of the browser app served at "/" when it holds index.html; empty: the repository's frontend/
+    frontend_dir: str = ""
+
+    def model_names(self) -> list[str]:
+        return [n.strip() for n in self.serve_models.split(",") if n.strip()]
+
+    def models_path(self) -> Path:
+        from ..nets import models_dir
+
+        return Path(self.models) if self.models else models_dir()
+
+    def state_dir(self) -> Path:
+        from ..data import cache_dir
+
+        return Path(self.data_dir) if self.data_dir else cache_dir() / "server"
+
+    def frontend_path(self) -> Path:
+        if self.frontend_dir:
+            return Path(self.frontend_dir)
+        return Path(__file__).resolve().parents[3] / "frontend"

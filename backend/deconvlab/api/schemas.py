@@ -1,0 +1,142 @@
+"""Pydantic models of every request and JSON answer (the shapes of ``api/README.md``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    ready: bool  # every model loaded
+    models: dict[str, bool]  # model id -> loaded
+    index: dict[str, str]  # model id -> "ready" | "missing" | "stale: <why>" | "building" | "no data set"
+
+
+class LayerInfo(BaseModel):
+    name: str
+    kind: Literal["conv", "fc"]
+    channels: int
+    shape: list[int]  # [C, H, W] or [C]
+
+
+class ModelInfo(BaseModel):
+    id: str
+    arch: str
+    input_size: int
+    classes: list[str]
+    layers: list[LayerInfo]
+
+
+class Models(BaseModel):
+    default: str
+    models: list[ModelInfo]
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    width: int
+    height: int
+
+
+class Prediction(BaseModel):
+    class_index: int
+    label: str
+    probability: float
+
+
+class Predictions(BaseModel):
+    image_id: str
+    model: str
+    predictions: list[Prediction]
+
+
+class UnitSummary(BaseModel):
+    unit: int
+    max: float
+    mean: float
+    argmax: list[int] | None  # [y, x]; None for fc layers
+
+
+class LayerSummary(BaseModel):
+    image_id: str
+    model: str
+    layer: str
+    kind: Literal["conv", "fc"]
+    shape: list[int]
+    units: list[UnitSummary]
+
+
+class UnitDetail(BaseModel):
+    unit: int
+    layer: str
+    max: float
+    position: list[int] | None  # [y, x] of the strongest activation; None for fc layers
+    box: list[int]  # [top, left, bottom, right] in input pixels, bottom/right exclusive
+    map_url: str
+    projection_url: str
+
+
+class TopEntry(BaseModel):
+    rank: int
+    image_index: int
+    image_id: str
+    label: str
+    value: float
+    position: list[int] | None
+    box: list[int]
+    patch_url: str
+    projection_url: str
+    image_url: str
+
+
+class Top(BaseModel):
+    model: str
+    layer: str
+    unit: int
+    entries: list[TopEntry]
+
+
+class Sample(BaseModel):
+    image_index: int
+    label: str
+    url: str
+
+
+class Samples(BaseModel):
+    samples: list[Sample]
+
+
+class OcclusionRequest(BaseModel):
+    size: int = Field(32, description="side of the grey square, input pixels")
+    stride: int = Field(8, description="step between square positions, input pixels")
+    layer: str = Field("conv5", description="layer whose strongest feature map is tracked")
+    class_index: int | None = Field(None, description="class whose probability is mapped; default: top-1")
+
+
+class OcclusionUrls(BaseModel):
+    activation: str
+    probability: str
+    top_class: str
+
+
+class OcclusionResponse(BaseModel):
+    occlusion_id: str
+    image_id: str
+    model: str
+    size: int
+    stride: int
+    grid: list[int]  # [gh, gw]
+    layer: str
+    feature_map: int
+    class_index: int
+    class_label: str
+    activation: list[list[float]]
+    probability: list[list[float]]
+    top_class: list[list[int]]
+    top_class_labels: dict[str, str]
+    urls: OcclusionUrls
