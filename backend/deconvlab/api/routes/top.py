@@ -23,9 +23,11 @@ Rank = Annotated[int, Path(description="0 = the strongest")]
 
 @router.get("/layers/{layer}/units/{unit}/top", response_model=Top)
 async def top(state: State, slot: Model, idx: Index, layer: Layer, unit: Unit,
-              k: Annotated[int, Query(description="entries, at most the index's k")] = 9) -> Top:
+              k: Annotated[int | None, Query(description="entries (default 9), at most the index's k")] = None
+              ) -> Top:
     """The unit's k strongest data-set activations, with receptive-field boxes and URLs."""
     slot.unit(layer, unit)
+    k = min(9, idx.k) if k is None else k
     if not 1 <= k <= idx.k:
         raise Unprocessable(f"k: expected 1..{idx.k} (the index keeps {idx.k} per unit), got {k}")
 
