@@ -47,6 +47,8 @@ test-js:
 # Train the default model (see models/zfnet-imagenette/MODEL_CARD.md for the exact recipe).
 train: install
 	$(VENV)/bin/deconvlab train --out runs/zfnet-imagenette
+	$(VENV)/bin/deconvlab publish --run runs/zfnet-imagenette --name zfnet-imagenette --default \
+	  --command "make train"
 
 evaluate: install
 	$(VENV)/bin/deconvlab evaluate --model zfnet-imagenette --split val

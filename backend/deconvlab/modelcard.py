@@ -98,7 +98,7 @@ def render_card(c: dict) -> str:
         f"batch {r['batch_size']}, {r['epochs']} epochs, one-cycle schedule peaking at lr {r['lr']} "
         f"({r['warmup'] * 100:.0f}% warm-up).",
         f"- The paper's filter renormalisation after every step (conv filter RMS capped at {r['renorm_rms']}), "
-        f"initial conv weights N(0, {r['init_std']}), fc weights N(0, 0.01), biases 0, dropout 0.5 before fc6 and fc7.",
+        f"initial conv weights N(0, {r.get('init_std', 0.01)}), fc weights N(0, 0.01), biases 0, dropout 0.5 before fc6 and fc7.",
         f"- Label smoothing {r['label_smoothing']}; random-resized crops (area {r['crop_scale']}..1) "
         "and horizontal flips; images decoded once into memory.",
         f"- Progressive resizing: `{r['sizes']}` (px:fraction of epochs), the rest at {r['input_size']} px.",
