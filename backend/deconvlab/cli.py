@@ -92,7 +92,42 @@ def _publish(a) -> int:
     return 0
 
 
-COMMANDS = [add_train, add_evaluate, add_publish]
+# ---------------------------------------------------------------- filters
+
+def add_filters(sub) -> None:
+    p = sub.add_parser("filters", help="first-layer filter mosaic (Fig. 6) and dead filters per layer")
+    p.add_argument("--model", default="zfnet-imagenette", help="registry name or checkpoint path")
+    p.add_argument("--layer", default="conv1")
+    p.add_argument("--out", default="filters.png", help="PNG file for the mosaic")
+    p.add_argument("--scale", type=int, default=4, help="enlarge each filter this many times")
+    p.add_argument("--images", type=int, default=0,
+                   help="also count units that never fire on N val images (0: weights only)")
+    p.add_argument("--data", default="", help="ImageFolder root (default: DECONVLAB_DATA / Imagenette)")
+    p.set_defaults(func=_filters)
+
+
+def _filters(a) -> int:
+    import torch
+
+    from . import load
+    from .data import data_root, decoded, list_split
+    from .filters import dead_filters, filters_mosaic
+    from .train import _subset
+
+    net = load(a.model, device="cpu")
+    filters_mosaic(net, a.layer, scale=a.scale).save(a.out)
+    batch = None
+    if a.images:
+        sp = list_split(a.data or data_root(), "val")
+        arr = decoded(sp, net.meta.input_size, indices=_subset(len(sp), a.images, 1234))
+        mean = torch.tensor(net.meta.mean).view(1, 3, 1, 1)
+        std = torch.tensor(net.meta.std).view(1, 3, 1, 1)
+        batch = (torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    print(json.dumps({"mosaic": a.out, "layers": dead_filters(net, batch)}, indent=2))
+    return 0
+
+
+COMMANDS = [add_train, add_evaluate, add_publish, add_filters]
 
 
 # ------------------------------------------------------------------ index
