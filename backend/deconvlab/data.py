@@ -269,4 +269,8 @@ def data_root(download_ok: bool = True) -> Path:
         return cached
     if not download_ok:
         raise FileNotFoundError("no data set: set DECONVLAB_DATA to an ImageFolder root")
-    return fetch_imagenette()
+    try:
+        return fetch_imagenette()
+    except OSError as e:  # URLError, connection reset, disk full: say what to do instead
+        raise FileNotFoundError(f"no data set: DECONVLAB_DATA is unset and downloading {IMAGENETTE_URL} "
+                                f"failed ({e}); set DECONVLAB_DATA to an ImageFolder root") from e
