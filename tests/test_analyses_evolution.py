@@ -77,7 +77,8 @@ def test_snapshot_paths_from_a_run_a_folder_and_the_registry(toy_run, tmp_path, 
 
 
 def test_strongest_activation_and_projection_per_snapshot_are_known(toy_run, toy_data):
-    ev = build_evolution(toy_run, toy_data, "val", n=0)
+    ev = build_evolution(toy_run, toy_data, "val", n=0, batch_size=2).scan()  # two batches: 2 + 1 images
+    assert ev.scanned and ev.batches() == []
     steps = ev.unit("conv1", 0)
     assert [s.epoch for s in steps] == [1, 2]
     # epoch 1 reads red: the red image (index 1) wins with the normalised red value
@@ -100,9 +101,26 @@ def test_strongest_activation_and_projection_per_snapshot_are_known(toy_run, toy
     assert fc[0].position is None and fc[0].box == (0, 0, SIZE, SIZE)
 
 
+def test_snapshot_scan_keeps_the_first_strongest_image_across_batches():
+    from deconvlab.evolution import SnapshotScan
+    from deconvlab.top_k import LayerInfo
+
+    sc = SnapshotScan.empty(1, [LayerInfo("conv1", "relu1", "conv", 2, (2, 4, 4), 0)])
+    values = np.array([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0]], np.float32)
+    pos = np.arange(12, dtype=np.int32).reshape(3, 2, 2)
+    sc.update(values[:2], pos[:2], 0)
+    sc.update(values[2:], pos[2:], 2)
+    # unit 0: rows 1 and 2 tie at 3 -> row 1; unit 1: rows 0 and 1 tie at 5 -> row 0
+    assert sc.value.tolist() == [3.0, 5.0] and sc.row.tolist() == [1, 0] and sc.scanned == 3
+    assert sc.strongest("conv1", 0) == (3.0, 1, (4, 5)) and sc.strongest("conv1", 1) == (5.0, 0, (2, 3))
+
+
 def test_evolution_checks_its_input(toy_run, toy_data):
     ev = build_evolution(toy_run, toy_data, "val", n=2, seed=3)
-    assert len(ev.image_indices) == 2
+    assert len(ev.image_indices) == 2 and not ev.scanned
+    with pytest.raises(ValueError, match="not been scanned yet"):
+        ev.unit("conv1", 0)
+    ev.scan()
     with pytest.raises(ValueError, match=r"unit: expected 0\.\.0 for layer conv1, got 5"):
         ev.unit("conv1", 5)
     with pytest.raises(KeyError, match="unknown layer"):
@@ -113,8 +131,10 @@ def test_evolution_checks_its_input(toy_run, toy_data):
         parse_units(["conv1"])
     assert parse_units(["conv5:12", "fc7:0"]) == [("conv5", 12), ("fc7", 0)]
     nets = load_snapshots(snapshot_paths(toy_run))
-    with pytest.raises(ValueError, match="one index per image"):
-        Evolution(nets, ev.images, [0])
+    with pytest.raises(ValueError, match="at least one image"):
+        Evolution(nets, [], ev.load)
+    with pytest.raises(ValueError, match="one snapshot per epoch"):
+        Evolution(nets + nets[:1], [0], ev.load)
     assert subset_indices(10, 0).tolist() == list(range(10))
     assert subset_indices(1000, 5, seed=1).tolist() == subset_indices(1000, 5, seed=1).tolist()
     with pytest.raises(ValueError, match="expected 0 \\(all\\) or a positive number"):

@@ -202,7 +202,7 @@ def _evolution(a) -> int:
 
     units = parse_units(a.units)
     root = a.data or str(data_root())
-    ev = build_evolution(a.model, root, a.split, a.n, a.seed, batch_size=a.batch_size, progress=a.progress)
+    ev = build_evolution(a.model, root, a.split, a.n, a.seed, batch_size=a.batch_size).scan(progress=a.progress)
     units = units or default_units(ev, a.per_layer)
     res = write_evolution(ev, units, a.out, {"model": str(a.model), "data": root, "split": a.split, "seed": a.seed},
                           progress=a.progress)

@@ -34,7 +34,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -49,20 +49,22 @@ SNAPSHOT_RE = re.compile(r"^epoch-(\d+)\.safetensors$")
 
 # ------------------------------------------------------------------ snapshots
 
-def snapshot_paths(source: str | Path) -> list[tuple[int, Path]]:
+def snapshot_paths(source: str | Path, root: Path | None = None) -> list[tuple[int, Path]]:
     """``[(epoch, checkpoint path)]`` sorted by epoch, from one of:
 
     * a registry name whose entry has ``"snapshots"`` (a folder relative to
       ``models/``, as ``deconvlab publish`` writes it);
     * a training run's folder (``<out>/snapshots/epoch-XXX.safetensors``);
     * a folder of ``epoch-XXX.safetensors`` files.
+
+    ``root`` is the models folder of the registry (default ``nets.models_dir()``).
     """
     p = Path(source)
     folder: Path | None = None
     if p.is_dir():
         folder = p / "snapshots" if (p / "snapshots").is_dir() else p
     else:
-        reg = read_registry()
+        reg = read_registry(root)
         entry = reg["models"].get(str(source))
         if entry is None:
             raise KeyError(f"unknown model: expected a registry name, a run folder or a snapshots folder, "
@@ -70,7 +72,7 @@ def snapshot_paths(source: str | Path) -> list[tuple[int, Path]]:
         if not entry.get("snapshots"):
             raise FileNotFoundError(f"model {source!r} has no training snapshots in the registry "
                                     f"(expected a \"snapshots\" entry, as `deconvlab publish` writes)")
-        folder = models_dir() / entry["snapshots"]
+        folder = (root or models_dir()) / entry["snapshots"]
     out = []
     for f in sorted(folder.glob("epoch-*.safetensors")) if folder.is_dir() else []:
         m = SNAPSHOT_RE.match(f.name)
@@ -111,24 +113,52 @@ def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return (x - m) / s
 
 
-def load_subset(split: Split, indices: np.ndarray, size: int, mean, std, progress: bool = False) -> torch.Tensor:
-    """The chosen images of ``split`` as a normalised (N, 3, size, size) batch."""
-    arr = decoded(split, size, progress=progress, indices=indices)
-    return normalise(arr, mean, std)
+def image_loader(split: Split, size: int, mean, std) -> Callable[[Sequence[int]], torch.Tensor]:
+    """``load(indices)``: those images of ``split`` as a normalised (N, 3, size, size) batch,
+    read as ``Net.preprocess`` reads them."""
+    def load(indices: Sequence[int]) -> torch.Tensor:
+        arr = decoded(split, size, progress=False, indices=np.asarray(indices, dtype=np.int64))
+        return normalise(arr, mean, std)
+
+    return load
 
 
 # ------------------------------------------------------------------ scan
 
 @dataclass
 class SnapshotScan:
-    """Every unit's maximum over positions, for every image of the subset, at one snapshot."""
+    """Every unit's strongest activation so far over the subset, at one snapshot.
+
+    ``value[u]`` is the largest maximum-over-positions of unit ``u`` over the
+    images scanned so far, ``row[u]`` the subset row of that image (the first
+    one on ties) and ``position[u]`` where in the map it is (-1 for fc
+    units). Memory is O(units), whatever the subset's size.
+    """
 
     epoch: int
     layers: list[LayerInfo]
-    values: np.ndarray  # (N, U) float32: unit u's maximum over positions in image n
-    positions: np.ndarray  # (N, U, 2) int32: where it is ((y, x); -1 for fc units)
+    value: np.ndarray  # (U,) float32, -inf before any image
+    row: np.ndarray  # (U,) int64, -1 before any image
+    position: np.ndarray  # (U, 2) int32
+    scanned: int = 0  # images scanned so far
 
-    def row(self, layer: str, unit: int) -> int:
+    @classmethod
+    def empty(cls, epoch: int, layers: list[LayerInfo]) -> "SnapshotScan":
+        u = sum(L.units for L in layers)
+        return cls(int(epoch), layers, np.full(u, -np.inf, np.float32), np.full(u, -1, np.int64),
+                   np.full((u, 2), -1, np.int32))
+
+    def update(self, values: np.ndarray, positions: np.ndarray, first_row: int) -> None:
+        """Add a batch: ``values`` (B, U) per-image maxima, ``positions`` (B, U, 2), rows ``first_row``..."""
+        best = np.argmax(values, axis=0)  # first maximum within the batch
+        v = values[best, np.arange(values.shape[1])]
+        better = v > self.value  # strictly: earlier rows win ties
+        self.value[better] = v[better]
+        self.row[better] = first_row + best[better]
+        self.position[better] = positions[best[better], np.flatnonzero(better)]
+        self.scanned += len(values)
+
+    def unit_index(self, layer: str, unit: int) -> int:
         for L in self.layers:
             if L.name == layer:
                 if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < L.units:
@@ -138,31 +168,18 @@ class SnapshotScan:
 
     def strongest(self, layer: str, unit: int) -> tuple[float, int, tuple[int, int] | None]:
         """``(value, subset row, position)`` of the unit's strongest activation over the subset."""
-        u = self.row(layer, unit)
-        col = self.values[:, u]
-        n = int(np.argmax(col))  # first maximum: lowest subset row
-        y, x = (int(v) for v in self.positions[n, u])
-        return float(col[n]), n, (None if y < 0 else (y, x))
+        u = self.unit_index(layer, unit)
+        if self.row[u] < 0:
+            raise ValueError("the snapshot has not been scanned yet (call Evolution.scan first)")
+        y, x = (int(v) for v in self.position[u])
+        return float(self.value[u]), int(self.row[u]), (None if y < 0 else (y, x))
 
-
-@torch.no_grad()
-def scan_snapshot(net, images: torch.Tensor, epoch: int = 0, batch_size: int = 64,
-                  progress: bool = False, desc: str = "scan") -> SnapshotScan:
-    """Run ``images`` (normalised, N x 3 x S x S) through ``net`` and keep every unit's per-image maximum."""
-    from tqdm import tqdm
-
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images: expected a normalised tensor of shape (N, 3, S, S), got {got}")
-    if len(images) == 0:
-        raise ValueError("images: expected at least one image, got none")
-    layers = index_layers(net.module, int(images.shape[-1]))
-    vals, poss = [], []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-        v, p = scan(net.module, images[i:i + batch_size].to(net.device), layers)
-        vals.append(v.numpy())
-        poss.append(p.numpy())
-    return SnapshotScan(int(epoch), layers, np.concatenate(vals), np.concatenate(poss))
+    def layer_values(self, layer: str) -> np.ndarray:
+        """The strongest activation of every unit of ``layer``."""
+        for L in self.layers:
+            if L.name == layer:
+                return self.value[L.offset:L.offset + L.units]
+        raise KeyError(f"unknown layer: expected one of {[L.name for L in self.layers]}, got {layer!r}")
 
 
 # ------------------------------------------------------------------ evolution
@@ -185,37 +202,74 @@ class EvolutionStep:
 class Evolution:
     """Fig. 4 over a list of snapshots and one image subset.
 
-    ``nets``: ``[(epoch, Net)]`` (``load_snapshots``); ``images``: the
-    normalised subset; ``image_indices``: each subset image's index in its
-    split. Scanning happens once, in the constructor (a progress bar per
-    snapshot); ``unit`` and ``projection`` then answer any unit.
+    ``nets``: ``[(epoch, Net)]`` (``load_snapshots``), all at one input size;
+    ``image_indices``: the subset, as indices into a split; ``load(indices)``
+    returns those images as a normalised batch (``image_loader``). ``scan()``
+    streams the subset through every snapshot once, a batch at a time (each
+    batch is decoded once for all snapshots; ``scan_steps`` yields after each
+    batch, so a server can interleave other work); ``unit`` and
+    ``projection`` then answer any unit of any layer.
     """
 
-    def __init__(self, nets: list[tuple[int, object]], images: torch.Tensor, image_indices: Sequence[int],
-                 batch_size: int = 64, progress: bool = False):
+    def __init__(self, nets: list[tuple[int, object]], image_indices: Sequence[int],
+                 load: Callable[[Sequence[int]], torch.Tensor], batch_size: int = 64):
         if not nets:
             raise ValueError("nets: expected at least one (epoch, Net) snapshot, got none")
-        if len(image_indices) != len(images):
-            raise ValueError(f"image_indices: expected one index per image ({len(images)}), "
-                             f"got {len(image_indices)}")
+        if len(image_indices) == 0:
+            raise ValueError("image_indices: expected at least one image, got none")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
         self.nets = sorted(nets, key=lambda t: t[0])
         epochs = [e for e, _ in self.nets]
         if len(set(epochs)) != len(epochs):
             raise ValueError(f"nets: expected one snapshot per epoch, got epochs {epochs}")
-        self.images = images
+        sizes = {int(n.meta.input_size) for _, n in self.nets}
+        if len(sizes) != 1:
+            raise ValueError(f"nets: expected snapshots of one input size, got {sorted(sizes)}")
+        self.input_size = sizes.pop()
         self.image_indices = np.asarray(image_indices, dtype=np.int64)
-        self.scans = {e: scan_snapshot(n, images, e, batch_size, progress, desc=f"scan epoch {e}")
-                      for e, n in self.nets}
+        self.load = load
+        self.batch_size = batch_size
+        self.scans = {e: SnapshotScan.empty(e, index_layers(n.module, self.input_size)) for e, n in self.nets}
 
     @property
     def epochs(self) -> list[int]:
         return [e for e, _ in self.nets]
+
+    @property
+    def scanned(self) -> bool:
+        return all(s.scanned == len(self.image_indices) for s in self.scans.values())
 
     def net(self, epoch: int):
         for e, n in self.nets:
             if e == epoch:
                 return n
         raise KeyError(f"unknown epoch: expected one of {self.epochs}, got {epoch!r}")
+
+    def batches(self) -> list[int]:
+        """First subset row of each batch still to scan."""
+        done = min(s.scanned for s in self.scans.values())
+        return list(range(done, len(self.image_indices), self.batch_size))
+
+    @torch.no_grad()
+    def scan_batch(self, first_row: int) -> None:
+        """Scan subset rows ``first_row .. first_row + batch_size`` through every snapshot."""
+        rows = self.image_indices[first_row:first_row + self.batch_size]
+        x = self.load(rows)
+        for e, net in self.nets:
+            sc = self.scans[e]
+            if sc.scanned != first_row:
+                raise ValueError(f"scan: expected the batch at row {sc.scanned}, got {first_row}")
+            v, p = scan(net.module, x.to(net.device), sc.layers)
+            sc.update(v.numpy(), p.numpy(), first_row)
+
+    def scan(self, progress: bool = False) -> "Evolution":
+        from tqdm import tqdm
+
+        for first in tqdm(self.batches(), desc=f"scan {len(self.nets)} snapshots", unit="batch",
+                          disable=not progress):
+            self.scan_batch(first)
+        return self
 
     def unit(self, layer: str, unit: int) -> list[EvolutionStep]:
         """The unit's strongest activation at every snapshot, oldest first."""
@@ -226,22 +280,14 @@ class Evolution:
             steps.append(EvolutionStep(e, value, int(self.image_indices[row]), pos, tuple(int(v) for v in box)))
         return steps
 
+    @torch.no_grad()
     def projection(self, layer: str, unit: int, epoch: int, method: str = "deconv") -> np.ndarray:
         """The deconvnet projection (3 x S x S float32) of the unit's strongest activation at ``epoch``."""
         net = self.net(epoch)
         value, row, pos = self.scans[epoch].strongest(layer, unit)
-        rec = net.forward(self.images[row:row + 1].to(net.device))
+        x = self.load(self.image_indices[row:row + 1])
+        rec = net.forward(x.to(net.device))
         return net.project(rec, layer, int(unit), method=method, position=pos).float().cpu().numpy()
-
-    def input_view(self, image_index: int, mean, std) -> np.ndarray:
-        """The subset image with split index ``image_index`` as uint8 (S, S, 3) (un-normalised)."""
-        rows = np.flatnonzero(self.image_indices == image_index)
-        if rows.size == 0:
-            raise KeyError(f"image_index: expected one of the subset's images, got {image_index}")
-        x = self.images[int(rows[0])]
-        m = torch.tensor(mean).view(3, 1, 1)
-        s = torch.tensor(std).view(3, 1, 1)
-        return ((x * s + m).clamp(0, 1) * 255 + 0.5).byte().permute(1, 2, 0).numpy()
 
 
 def parse_units(specs: Iterable[str]) -> list[tuple[str, int]]:
@@ -265,7 +311,7 @@ def default_units(ev: Evolution, per_layer: int = 2, layers: Sequence[str] = ("c
     for L in last.layers:
         if L.name not in layers:
             continue
-        best = last.values[:, L.offset:L.offset + L.units].max(0)
+        best = last.layer_values(L.name)
         for u in np.argsort(-best, kind="stable")[:per_layer]:
             out.append((L.name, int(u)))
     return out
@@ -327,11 +373,11 @@ def write_evolution(ev: Evolution, units: Sequence[tuple[str, int]], out: str | 
 
 
 def build_evolution(model: str | Path, data: str | Path, split: str = "val", n: int = 500, seed: int = 0,
-                    device: str = "cpu", batch_size: int = 64, progress: bool = False) -> Evolution:
-    """Load every snapshot of ``model`` and scan ``n`` images of ``data/split`` (the CLI's and API's path)."""
-    nets = load_snapshots(snapshot_paths(model), device=device)
+                    device: str = "cpu", batch_size: int = 64, root: Path | None = None) -> Evolution:
+    """Every snapshot of ``model`` and a fixed subset of ``n`` images of ``data/split``, not yet scanned
+    (call ``.scan()``). The CLI's and the API's way in."""
+    nets = load_snapshots(snapshot_paths(model, root), device=device)
     meta = nets[0][1].meta
-    sp = list_split(data, split)
+    sp = split if isinstance(split, Split) else list_split(data, split)
     idx = subset_indices(len(sp), n, seed)
-    images = load_subset(sp, idx, meta.input_size, meta.mean, meta.std, progress=progress)
-    return Evolution(nets, images, idx, batch_size=batch_size, progress=progress)
+    return Evolution(nets, idx, image_loader(sp, meta.input_size, meta.mean, meta.std), batch_size=batch_size)
