@@ -164,3 +164,70 @@ def test_evolution_command_end_to_end(toy_run, toy_data, tmp_path):
     assert [u["layer"] for u in res["units"]] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert main(["evolution", "--model", str(toy_run), "--data", str(toy_data), "--units", "conv1:9",
                  "--out", str(out), "--no-progress"]) == 2
+
+
+# ------------------------------------------------------------------ the route
+
+@pytest.fixture(scope="module")
+def toy_models(toy_run, tmp_path_factory) -> Path:
+    """A models folder: "toy" with the two snapshots, "bare" without any."""
+    import shutil
+
+    models = tmp_path_factory.mktemp("models")
+    (models / "toy").mkdir()
+    shutil.copytree(toy_run / "snapshots", models / "toy" / "snapshots")
+    shutil.copy(toy_run / "snapshots" / "epoch-002.safetensors", models / "toy" / "model.safetensors")
+    (models / "registry.json").write_text(json.dumps({"default": "toy", "models": {
+        "toy": {"checkpoint": "toy/model.safetensors", "snapshots": "toy/snapshots"},
+        "bare": {"checkpoint": "toy/model.safetensors"}}}))
+    return models
+
+
+def api_client(models: Path, data: str, state: Path):
+    from fastapi.testclient import TestClient
+
+    from deconvlab.api.app import create_app
+    from deconvlab.api.config import Settings
+
+    s = Settings(models=str(models), data=data, data_dir=str(state), device="cpu", frontend_dir=str(state / "none"))
+    return TestClient(create_app(s))
+
+
+def test_evolution_route_and_projection_pngs(toy_models, toy_data, tmp_path):
+    import io
+
+    with api_client(toy_models, str(toy_data), tmp_path) as c:
+        r = c.get("/api/layers/conv1/units/0/evolution", params={"model": "toy", "n": 3})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["model"], body["layer"], body["unit"], body["images"]) == ("toy", "conv1", 0, 3)
+        snaps = body["snapshots"]
+        assert [s["epoch"] for s in snaps] == [1, 2] and [s["image_index"] for s in snaps] == [1, 2]
+        assert snaps[0]["value"] == pytest.approx(normalised(COLOURS["1red"], 0), rel=1e-5)
+        assert snaps[0]["box"] == [1, 1, 8, 8] and snaps[0]["label"] == "a"
+        # the image index addresses the data-set route
+        assert c.get(f"/api/dataset/images/{snaps[1]['image_index']}").status_code == 200
+        for s, channel in zip(snaps, (0, 1)):
+            p = c.get(s["projection_url"])
+            assert p.status_code == 200 and p.headers["content-type"] == "image/png"
+            a = np.asarray(Image.open(io.BytesIO(p.content)).convert("RGB")).astype(int)
+            assert a.shape == (7, 7, 3)  # cropped to the 7x7 receptive field
+            # the filter read one colour: that channel is bright, the others mid grey (zero)
+            assert (a[..., channel] == 255).all() and (a[..., [c_ for c_ in range(3) if c_ != channel]] == 128).all()
+        # default n (all 3 images here: fewer than 500) and the scan is reused
+        assert c.get("/api/layers/fc8/units/1/evolution?model=toy").json()["images"] == 3
+        assert c.get("/api/layers/conv1/units/0/evolution?model=toy").json()["snapshots"] == snaps
+        bad = {
+            "/api/layers/conv1/units/3/evolution?model=toy": (422, "unit: expected 0..0"),
+            "/api/layers/conv9/units/0/evolution?model=toy": (404, "unknown layer"),
+            "/api/layers/conv1/units/0/evolution?model=toy&n=9": (422, "n: expected 1..3"),
+            "/api/layers/conv1/units/0/evolution?model=bare": (404, "no training snapshots for model 'bare'"),
+            "/api/layers/conv1/units/0/evolution?model=nope": (404, "unknown model"),
+            "/api/layers/conv1/units/0/evolution/7.png?model=toy": (404, "unknown epoch: expected one of [1, 2]"),
+        }
+        for url, (code, words) in bad.items():
+            r = c.get(url)
+            assert r.status_code == code and words in r.json()["detail"], (url, r.text)
+    with api_client(toy_models, "", tmp_path) as c:
+        r = c.get("/api/layers/conv1/units/0/evolution?model=toy")
+        assert r.status_code == 503 and "no data set" in r.json()["detail"]

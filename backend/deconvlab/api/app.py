@@ -113,9 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "The contract: backend/deconvlab/api/README.md.")
     errors.install(app)
 
-    from .routes import filters, images, occlusion, system, top
+    from .routes import analyses, filters, images, occlusion, system, top
 
-    for r in (system.router, images.router, top.router, occlusion.router, filters.router):
+    for r in (system.router, images.router, top.router, occlusion.router, filters.router, analyses.router):
         app.include_router(r, prefix="/api")
 
     app.mount(DOCS_STATIC, StaticFiles(directory=_docs_assets()), name="docs-static")
