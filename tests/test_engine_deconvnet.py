@@ -286,3 +286,16 @@ def test_vgg16_equals_autograd_with_a_non_identity_avgpool():
     items = [("conv2", 9, (63, 30), "point"), ("pool4", 2, None, "map"), ("conv13", 0, None, "point"),
              ("fc7", 0, None, "point")]
     check_against_autograd(net, x, items)
+
+
+@pytest.mark.parametrize("cout,cin,k,s,h,w", [(8, 3, 7, 2, 9, 5), (6, 3, 11, 4, 4, 7), (5, 1, 3, 1, 6, 6),
+                                              (4, 3, 5, 3, 3, 8), (7, 16, 3, 2, 5, 4)])
+def test_conv_transpose_paths_equal_torch(cout, cin, k, s, h, w):
+    from deconvlab.deconvnet import conv_transpose
+
+    g = torch.Generator().manual_seed(cout * k)
+    weight = torch.randn(cout, cin, k, k, generator=g)
+    x = torch.randn(3, cout, h, w, generator=g)
+    want = torch.nn.functional.conv_transpose2d(x, weight, stride=s)
+    got = conv_transpose(x, weight, s, 1)
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-5, atol=1e-5)

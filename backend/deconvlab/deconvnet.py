@@ -223,32 +223,46 @@ def _relu(m: nn.ReLU, name: str, sig: Signal, rec: Record, method: str) -> Signa
     return sig.with_g(g)
 
 
-FOLD_MAX_CHANNELS = 4  # transposed convs onto at most this many channels (conv1: RGB) run as matmul + fold
-FOLD_CHUNK = 1 << 24  # elements of the matmul's output per chunk of items
+PHASE_MAX_CHANNELS = 4  # transposed convs onto at most this many channels (conv1: RGB) run as polyphase conv2d
+
+
+def phase_weight(weight: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """The forward-conv weight that computes ``conv_transpose2d(., weight, stride)`` one output
+    phase per channel (see ``conv_transpose``): (Cin * sy * sx, C, my, mx), taps flipped."""
+    C, cin, kh, kw = weight.shape
+    sy, sx = stride
+    my, mx = -(-kh // sy), -(-kw // sx)
+    wp = weight.new_zeros(C, cin, sy, sx, my, mx)
+    for py in range(sy):
+        for px in range(sx):
+            sub = weight[:, :, py::sy, px::sx]
+            wp[:, :, py, px, :sub.shape[2], :sub.shape[3]] = sub
+    wp = wp.flip(-1).flip(-2)
+    return wp.permute(1, 2, 3, 0, 4, 5).reshape(cin * sy * sx, C, my, mx).contiguous()
 
 
 def conv_transpose(g: torch.Tensor, weight: torch.Tensor, stride, dilation, groups: int = 1) -> torch.Tensor:
     """``F.conv_transpose2d(g, weight, stride=stride, dilation=dilation, groups=groups)`` (no
     padding: the full window).
 
-    Onto few channels (a first layer, 3 colours) it runs as one matmul with the
-    filters followed by ``F.fold`` (col2im), in chunks of items: the same sums,
-    about twice as fast on a CPU as the deconvolution kernel for that shape.
+    Onto few channels (a first layer: 3 colours) it runs as a *polyphase* forward
+    convolution on the CPU: output pixel ``s*q + p`` only meets taps ``s*m + p``
+    of the filter, so each of the s*s output phases is a plain correlation of the
+    signal with a sub-filter (flipped), computed as one ``conv2d`` whose output
+    channels are (colour, phase), then interleaved with ``pixel_shuffle``. The
+    same sums; the deconvolution kernel is two to three times slower for this
+    shape on a CPU.
     """
+    st, dl = _pair(stride), _pair(dilation)
     cin = weight.shape[1] * groups
-    if groups != 1 or cin > FOLD_MAX_CHANNELS or g.device.type != "cpu":
+    if groups != 1 or cin > PHASE_MAX_CHANNELS or dl != (1, 1) or g.device.type != "cpu" or st[0] != st[1]:
         return F.conv_transpose2d(g, weight, stride=stride, dilation=dilation, groups=groups)
     K, C, h, w = g.shape
     kh, kw = weight.shape[-2:]
-    st, dl = _pair(stride), _pair(dilation)
-    out_hw = ((h - 1) * st[0] + dl[0] * (kh - 1) + 1, (w - 1) * st[1] + dl[1] * (kw - 1) + 1)
-    wt = weight.reshape(C, -1).t()  # (cin*kh*kw, C)
-    step = max(1, FOLD_CHUNK // max(1, wt.shape[0] * h * w))
-    outs = []
-    for i in range(0, K, step):
-        cols = torch.matmul(wt, g[i:i + step].reshape(-1, C, h * w))
-        outs.append(F.fold(cols, out_hw, (kh, kw), dilation=dl, stride=st))
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+    wp = phase_weight(weight, st)
+    my, mx = wp.shape[-2:]
+    out = F.pixel_shuffle(F.conv2d(g, wp, padding=(my - 1, mx - 1)), st[0])
+    return out[:, :, :(h - 1) * st[0] + kh, :(w - 1) * st[1] + kw]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -263,8 +277,11 @@ def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Sig
         # one channel per item: transpose only the seeded unit's filter (grouped over items)
         K, _, h, w = sig.g.shape
         wk = weight.index_select(0, sig.units)  # (K, Cin, kh, kw)
-        g = F.conv_transpose2d(sig.g.reshape(1, K, h, w), wk, stride=m.stride, dilation=m.dilation, groups=K)
-        g = g.reshape(K, weight.shape[1], g.shape[-2], g.shape[-1])
+        if h == 1 and w == 1 and _pair(m.dilation) == (1, 1):  # a point: the filter, scaled
+            g = wk * sig.g
+        else:
+            g = F.conv_transpose2d(sig.g.reshape(1, K, h, w), wk, stride=m.stride, dilation=m.dilation, groups=K)
+            g = g.reshape(K, weight.shape[1], g.shape[-2], g.shape[-1])
     else:
         sig = sig.dense()
         g = conv_transpose(sig.g, weight, m.stride, m.dilation, m.groups)
