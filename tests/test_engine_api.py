@@ -158,3 +158,11 @@ def test_cuda_projections_equal_the_cpu_ones(small_checkpoint):
             a = cpu.project_many(rc, its, method=method, seed=seed)
             b = gpu.project_many(rg, its, method=method, seed=seed).cpu()
             assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(a.abs().max())), (method, seed)
+
+
+def test_large_batches_are_split_and_give_the_same(small_net, small_record, monkeypatch):
+    items = [("conv2", u, None) for u in range(10)] + [("fc7", 3, None)]
+    whole = small_net.project_many(small_record, items)
+    monkeypatch.setattr(small_net, "max_batch", 3)
+    parts = small_net.project_many(small_record, items)
+    assert torch.allclose(whole, parts, rtol=1e-6, atol=1e-9)

@@ -270,6 +270,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Signal:
+    if m.padding_mode != "zeros":
+        raise ValueError(f"{name}: expected zero padding, got padding_mode={m.padding_mode!r}")
     geo = Window.of(m)
     Hin, Win = rec.in_shapes[name][-2:]
     weight = m.weight

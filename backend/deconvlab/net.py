@@ -53,6 +53,8 @@ class Net:
     (``nets.fold_batchnorm``: the same function, plain filters for the deconvnet).
     """
 
+    max_batch = 64  # items per batched backward pass in project_many
+
     def __init__(self, module: nn.Sequential, meta: ModelMeta, device: str | torch.device = "cpu"):
         if not isinstance(module, nn.Sequential):
             raise TypeError(f"module: expected a flat nn.Sequential, got {type(module).__name__}")
@@ -176,7 +178,7 @@ class Net:
 
         Each item is ``(layer, unit, position_or_None)`` or ``(layer, unit,
         position_or_None, index)``; items of the same layer run as one batched
-        pass.
+        pass (``max_batch`` items at a time, to bound memory).
         """
         if method not in deconvnet.METHODS:
             raise ValueError(f"method: expected one of {list(deconvnet.METHODS)}, got {method!r}")
@@ -194,10 +196,12 @@ class Net:
             groups.setdefault(it[0], []).append(k)
         out: torch.Tensor | None = None
         for child, ks in groups.items():
-            res = self._project_group(rec, child, [items[k] for k in ks], method, seed)
-            if out is None:
-                out = res.new_zeros((len(items),) + tuple(res.shape[1:]))
-            out[torch.tensor(ks, device=res.device)] = res
+            for i in range(0, len(ks), self.max_batch):
+                part = ks[i:i + self.max_batch]
+                res = self._project_group(rec, child, [items[k] for k in part], method, seed)
+                if out is None:
+                    out = res.new_empty((len(items),) + tuple(res.shape[1:]))
+                out[torch.tensor(part, device=res.device)] = res
         return out
 
     def _check_item(self, rec: Record, item: Sequence, seed: str) -> tuple:
