@@ -166,3 +166,15 @@ def test_large_batches_are_split_and_give_the_same(small_net, small_record, monk
     monkeypatch.setattr(small_net, "max_batch", 3)
     parts = small_net.project_many(small_record, items)
     assert torch.allclose(whole, parts, rtol=1e-6, atol=1e-9)
+
+
+def test_forward_upto_a_layer_projects_the_same(small_net, small_record):
+    rec = small_net.forward(small_record.input, upto="conv3")
+    assert set(rec.activations) == {"conv1", "conv2", "conv3"} and "pool5" not in rec.switches
+    assert torch.equal(rec.logits, small_record.activations["conv3"])
+    items = [("conv3", 4, None), ("conv2", 1, (3, 3)), ("pool1", 2, None)]
+    assert torch.equal(small_net.project_many(rec, items), small_net.project_many(small_record, items))
+    with pytest.raises(ValueError, match="rec: expected a record that reaches conv5, got one that stops at conv3"):
+        small_net.project(rec, "conv5", 0)
+    with pytest.raises(KeyError, match="unknown layer"):
+        small_net.forward(small_record.input, upto="conv7")

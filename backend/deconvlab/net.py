@@ -19,6 +19,7 @@ raises ``ValueError("unit: expected 0..N-1, got 300")`` and the like.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -65,8 +66,6 @@ class Net:
                 m.inplace = False
         self.device = pick_device(device)
         self.module = module.to(self.device).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
         self.meta = meta
         self._children = list(self.module.named_children())
         self._child_index = {name: i for i, (name, _) in enumerate(self._children)}
@@ -147,16 +146,25 @@ class Net:
         std = torch.tensor(self.meta.std, dtype=torch.float32).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous().to(self.device)
 
-    def forward(self, x: torch.Tensor, switches: bool = True) -> Record:
+    def forward(self, x: torch.Tensor, switches: bool = True, upto: str | None = None) -> Record:
         """Run the model on ``x`` (N, C, H, W) without autograd and record everything a
         projection needs (``switches.Record``): logits, every layer's activation,
-        max-pool switches, ReLU outputs."""
+        max-pool switches, ReLU outputs.
+
+        ``switches=False`` skips the switches (faster; such a record cannot be
+        projected). ``upto="conv3"`` stops after that layer (or pool): enough to
+        project from it or below; the record's ``logits`` are then that output.
+        """
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels \
                 or not x.is_floating_point():
             got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a float tensor of shape (N, {self.in_channels}, H, W), got {got}")
+        module = self.module
+        if upto is not None:
+            last = self._child_index[self._child(upto)]
+            module = nn.Sequential(OrderedDict(self._children[:last + 1]))
         dtype = next(self.module.parameters()).dtype
-        return record_forward(self.module, self._map, x.to(self.device, dtype), switches=switches)
+        return record_forward(module, self._map, x.to(self.device, dtype), switches=switches)
 
     # ------------------------------------------------------------ projections
 
@@ -233,7 +241,12 @@ class Net:
     def _output(self, rec: Record, child: str) -> torch.Tensor:
         for layer, c in self._map.items():
             if c == child:
+                if layer not in rec.activations:
+                    raise ValueError(f"rec: expected a record that reaches {layer}, got one that stops at "
+                                     f"{list(rec.activations)[-1] if rec.activations else 'the input'}")
                 return rec.activations[layer]
+        if child not in rec.outputs:
+            raise ValueError(f"rec: expected a record that reaches {child}, got one that does not")
         return rec.outputs[child]
 
     def _project_group(self, rec: Record, child: str, items: list[tuple], method: str, seed: str) -> torch.Tensor:
