@@ -19,7 +19,7 @@ from torch import nn
 from deconvlab.data import list_split, load_rgb, resize_crop
 from deconvlab.nets import ModelMeta, ZFNetConfig, zfnet
 from deconvlab.top_k import (StaleIndexError, TopK, TopKIndex, build_index, default_index_path, index_layers,
-                             index_status, model_sha256, scan, shard_batches)
+                             index_status, model_sha256, scan, scan_values, shard_batches, argmax_positions)
 
 # ------------------------------------------------------------ a hand-set model with a known answer
 #
@@ -187,8 +187,19 @@ def test_tracker_merge_equals_one_pass_and_keeps_distinct_images():
         t.update(vals[ids], ids, pos[ids], sha[ids])
         parts.append(t)
     merged = TopK.merge(parts)
+    lazy, asked = TopK(units, k), []  # positions asked for only where an entry is kept
+    for s in range(0, n, 8):
+        ids = np.arange(s, min(s + 8, n))
+
+        def where(u, b, ids=ids):
+            asked.append(len(u))
+            return pos[ids[b], u]
+        lazy.update(vals[ids], ids, where, sha[ids])
+        assert asked[-1] <= units * k
+    assert sum(asked) < n * units
     for role in ("values", "image", "position", "sha"):
         np.testing.assert_array_equal(getattr(whole, role), getattr(merged, role), err_msg=role)
+        np.testing.assert_array_equal(getattr(whole, role), getattr(lazy, role), err_msg=role)
     # the reference: sort each unit's column by (value desc, index asc) in plain Python
     for u in range(units):
         ref = sorted(range(n), key=lambda i: (-np.nan_to_num(vals[i, u], nan=-np.inf), i))[:k]
@@ -308,6 +319,12 @@ def test_scan_matches_the_plain_forward_and_its_maxima():
             h = m(h)
             acts[name] = h
     assert v.shape == (4, sum(L.units for L in layers)) and pos.shape == v.shape + (2,)
+    with torch.no_grad():
+        v2, maps = scan_values(module, x, layers)
+    torch.testing.assert_close(v2, v, rtol=0, atol=0)
+    b, u = np.meshgrid(np.arange(4), np.arange(v.shape[1]), indexing="ij")
+    np.testing.assert_array_equal(argmax_positions(maps, layers, u.ravel(), b.ravel()).reshape(pos.shape),
+                                  pos.numpy())
     for L in layers:
         a = acts[L.child]
         got = v[:, L.offset:L.offset + L.units]

@@ -11,9 +11,11 @@ validation data" shown with their image patches and their deconvnet projections.
 How it is built (:func:`build_index`)
     The split streams through the model in batches (a DataLoader whose
     workers read, hash, decode, :func:`deconvlab.data.resize_crop` and
-    normalise). :func:`scan` runs the ``nn.Sequential`` children itself (no
-    switches are recorded, unlike ``Net.forward``) and reduces each layer's
-    activation to its max and argmax per unit and image. :class:`TopK`
+    normalise). :func:`scan_values` runs the ``nn.Sequential`` children
+    itself (no switches are recorded, unlike ``Net.forward``) and reduces
+    each layer's activation to its max per unit and image; the argmax is
+    taken (:func:`argmax_positions`) only for the few (unit, image) pairs that
+    enter a top-k, which keeps the scan close to a plain forward pass. :class:`TopK`
     keeps fixed-shape arrays, as DeepVis's ``MaxTracker`` does: values
     ``[units, k]``, image index ``[units, k]``, position ``[units, k, 2]``,
     updated after every batch, so memory stays bounded whatever the data
@@ -166,6 +168,56 @@ def index_layers(module: torch.nn.Sequential, input_size: int) -> list[LayerInfo
     return out
 
 
+def scan_values(module: torch.nn.Sequential, x: torch.Tensor, layers: list[LayerInfo]
+                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One batch through ``module``'s children: each unit's max over positions, and the maps.
+
+    Returns ``values`` [B, U] (float32, on the CPU; the U units of all
+    ``layers`` side by side in layer order) and the activation of each layer
+    (kept so :func:`argmax_positions` can locate the few maxima that enter a
+    top-k, instead of an argmax over every map). Stops after the last layer
+    asked for; records no switches. Assumes ``module`` is in eval mode and
+    ``x`` is normalised as the model expects.
+    """
+    by_child = {L.child: L for L in layers}
+    last = layers[-1].child
+    vals, acts = [], []
+    for name, m in module.named_children():
+        x = m(x)
+        L = by_child.get(name)
+        if L is not None:
+            if x.dim() == 4:
+                v = x.flatten(2).amax(dim=2)
+            elif x.dim() == 2:
+                v = x
+            else:
+                raise ValueError(f"layer {L.name}: expected a 2-D or 4-D activation, got {tuple(x.shape)}")
+            vals.append(v.float())
+            acts.append(x)
+        if name == last:
+            break
+    return torch.cat(vals, 1).cpu(), acts
+
+
+def argmax_positions(acts: list[torch.Tensor], layers: list[LayerInfo], units: np.ndarray,
+                     images: np.ndarray) -> np.ndarray:
+    """(y, x) of the first maximum (row-major) of unit ``units[i]`` (a row of the U units) in batch
+    image ``images[i]``, from :func:`scan_values`' maps; (-1, -1) for fc units. [n, 2] int32."""
+    out = np.full((len(units), 2), -1, dtype=np.int32)
+    for L, a in zip(layers, acts):
+        sel = np.flatnonzero((units >= L.offset) & (units < L.offset + L.units))
+        if L.kind != "conv" or sel.size == 0:
+            continue
+        u, b, w = units[sel] - L.offset, np.asarray(images)[sel], a.shape[-1]
+        if a.device.type == "cpu":  # numpy: a few small gathers, no thread-pool start-up per call
+            flat = a.numpy()[b, u].reshape(len(sel), -1).argmax(axis=1)
+        else:
+            flat = a[torch.from_numpy(b).to(a.device), torch.from_numpy(u).to(a.device)].flatten(1).argmax(1)
+            flat = flat.cpu().numpy()
+        out[sel, 0], out[sel, 1] = flat // w, flat % w
+    return out
+
+
 def scan(module: torch.nn.Sequential, x: torch.Tensor, layers: list[LayerInfo]
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch through ``module``'s children; each unit's max over positions and where it is.
@@ -255,19 +307,23 @@ class TopK:
         return (hi << np.uint64(32)) | lo
 
     @classmethod
-    def _select(cls, k: int, values, image, position, sha) -> tuple:
-        """Rows of candidates [R, n] -> the first k of each by (value desc, image index asc)."""
+    def _order(cls, k: int, values, image) -> np.ndarray:
+        """Rows of candidates [R, n] -> the columns of the first k of each by (value desc, image index asc)."""
         key = ~cls._order_key(values, image)  # ascending order of ~key = descending order of key
         if key.shape[1] > k:
             part = np.argpartition(key, k - 1, axis=1)[:, :k]
-            order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, 1), axis=1), 1)
-        else:
-            order = np.argsort(key, axis=1)
+            return np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, 1), axis=1), 1)
+        return np.argsort(key, axis=1)
+
+    @classmethod
+    def _select(cls, k: int, values, image, position, sha) -> tuple:
+        order = cls._order(k, values, image)
         return (np.take_along_axis(values, order, 1), np.take_along_axis(image, order, 1),
                 np.take_along_axis(position, order[:, :, None], 1), np.take_along_axis(sha, order, 1))
 
-    def update(self, values: np.ndarray, image: np.ndarray, position: np.ndarray, sha: np.ndarray) -> None:
-        """Add one batch: ``values`` [B, U], ``image`` [B], ``position`` [B, U, 2], ``sha`` [B].
+    def update(self, values: np.ndarray, image: np.ndarray, position, sha: np.ndarray) -> None:
+        """Add one batch: ``values`` [B, U], ``image`` [B], ``sha`` [B], and ``position`` either
+        [B, U, 2] or a function ``(units, batch_rows) -> [n, 2]`` asked only for the entries kept.
 
         Only the units where some new image beats the current k-th entry are
         re-sorted, so a batch costs little once the arrays have filled.
@@ -282,14 +338,20 @@ class TopK:
         rows = np.flatnonzero((self._order_key(values.T, np.broadcast_to(image, (u, b))) > last).any(1))
         if rows.size == 0:
             return
-        n = rows.size
-        kept = self._select(
-            self.k,
-            np.concatenate([self.values[rows], values.T[rows].astype(np.float32)], 1),
-            np.concatenate([self.image[rows], np.broadcast_to(image, (n, b))], 1),
-            np.concatenate([self.position[rows], position.transpose(1, 0, 2)[rows].astype(np.int32)], 1),
-            np.concatenate([self.sha[rows], np.broadcast_to(np.asarray(sha, np.uint64), (n, b))], 1))
-        self.values[rows], self.image[rows], self.position[rows], self.sha[rows] = kept
+        n, k = rows.size, self.k
+        cand_v = np.concatenate([self.values[rows], values.T[rows].astype(np.float32)], 1)
+        cand_i = np.concatenate([self.image[rows], np.broadcast_to(image, (n, b))], 1)
+        cand_s = np.concatenate([self.sha[rows], np.broadcast_to(np.asarray(sha, np.uint64), (n, b))], 1)
+        order = self._order(k, cand_v, cand_i)
+        pos = np.take_along_axis(self.position[rows], np.minimum(order, k - 1)[:, :, None], 1)
+        r_i, s_i = np.nonzero(order >= k)  # entries that come from this batch
+        if r_i.size:
+            units, cols = rows[r_i], order[r_i, s_i] - k
+            pos[r_i, s_i] = position(units, cols) if callable(position) else position[cols, units]
+        self.values[rows] = np.take_along_axis(cand_v, order, 1)
+        self.image[rows] = np.take_along_axis(cand_i, order, 1)
+        self.sha[rows] = np.take_along_axis(cand_s, order, 1)
+        self.position[rows] = pos
 
     @classmethod
     def merge(cls, parts: Iterable["TopK"]) -> "TopK":
@@ -498,8 +560,10 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
         try:
             with torch.inference_mode():
                 for x, idx, sha in loader:
-                    v, pos = scan(module, x.to(device, non_blocking=True), layers)
-                    tk.update(v.numpy(), idx.numpy(), pos.numpy(), sha.numpy().view(np.uint64))
+                    v, acts = scan_values(module, x.to(device, non_blocking=True), layers)
+                    tk.update(v.numpy(), idx.numpy(), lambda u, b: argmax_positions(acts, layers, u, b),
+                              sha.numpy().view(np.uint64))
+                    del acts
                     done += 1
                     scanned += len(idx)
                     bar.update(len(idx))
@@ -780,6 +844,12 @@ class TopKIndex:
                 self._cache_bytes += extra
                 self._evict()
             return item
+
+    def clear_cache(self) -> None:
+        """Forget every cached patch and projection (the next request is cold)."""
+        with self._lock:
+            self._cache.clear()
+            self._cache_bytes = 0
 
     def _put(self, key, item) -> None:
         self._cache[key] = item
