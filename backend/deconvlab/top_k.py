@@ -873,7 +873,7 @@ class TopKIndex:
         if not entries:
             return []
         x = torch.cat([self.net.preprocess(v) for v in views], 0)
-        rec = _record_upto(self.net, x, layer)
+        rec = self.net.forward(x, upto=layer)  # a point seed at ``layer`` needs nothing above it
         seeds = [(layer, int(unit), e["position"], i) for i, e in enumerate(entries)]
         p = self.net.project_many(rec, seeds, method="deconv", seed="point")
         p = p.detach().float().cpu().numpy() if isinstance(p, torch.Tensor) else np.asarray(p, np.float32)
@@ -899,26 +899,6 @@ class TopKIndex:
     def projections(self, layer: str, unit: int) -> list[np.ndarray]:
         """All of the unit's projections (one batch)."""
         return list(self._unit(layer, unit, projections=True)["proj"])
-
-
-def _record_upto(net, x: torch.Tensor, layer: str):
-    """``net.forward(x)`` stopped at ``layer``: a point seed there needs nothing above it.
-
-    The record (``switches.record_forward`` over the children up to the
-    layer's) holds the activations, switches and ReLU outputs of those
-    children only, which is all ``net.project_many`` reads for seeds at
-    ``layer``; for conv1 it skips nearly the whole network.
-    """
-    from collections import OrderedDict as _OD
-
-    from .switches import record_forward
-
-    lm = layer_map(net.module)
-    kids = list(net.module.named_children())
-    last = [n for n, _ in kids].index(lm[layer])
-    sub = torch.nn.Sequential(_OD(kids[:last + 1]))
-    dtype = next(net.module.parameters()).dtype
-    return record_forward(sub, lm, x.to(net.device, dtype))
 
 
 # ------------------------------------------------------------------ open or build
