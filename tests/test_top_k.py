@@ -497,6 +497,14 @@ def test_patches_are_receptive_field_crops_and_projections_match_net_project(han
             assert np.abs(q).max() > 0
     net.project_many = lambda *a, **kw: calls.append(len(a[1])) or real(*a, **kw)
     assert len(idx.projections("conv1", 0)) == 3 and calls == [3, 3, 3]
+    # the whole atlas, two units per batch, equals the per-unit route
+    atlas = list(idx.iter_projections(units_per_batch=2))
+    assert [(layer, u) for layer, u, _ in atlas] == [("conv1", 0), ("conv1", 1), ("conv1", 2), ("conv2", 0),
+                                                      ("conv2", 1), ("fc8", 0), ("fc8", 1)]
+    assert calls[3:] == [6, 3, 6, 6]
+    for layer, u, ps in atlas:
+        for rank, q in enumerate(ps):
+            np.testing.assert_allclose(q, idx.projection(layer, u, rank), rtol=1e-5, atol=1e-6)
 
 
 def test_the_unit_cache_is_bounded(handset_data, tmp_path):

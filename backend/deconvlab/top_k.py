@@ -883,6 +883,44 @@ class TopKIndex:
             out.append(np.ascontiguousarray(p[i, :, t:b, l:r], dtype=np.float32))
         return out
 
+    def iter_projections(self, layers: Iterable[str] | None = None, units_per_batch: int = 8,
+                         views: int = 512):
+        """Yield ``(layer, unit, [k projections])`` for every unit of ``layers`` (default: all),
+        ``units_per_batch`` units per forward pass and ``project_many`` call (the images of a
+        Fig. 2 atlas); bypasses the unit cache, keeps at most ``views`` decoded images."""
+        if self.net is None:
+            raise ValueError("projections need the model: open the index with net=")
+        cache: "OrderedDict[int, Image.Image]" = OrderedDict()
+
+        def view(i: int) -> Image.Image:
+            if i in cache:
+                cache.move_to_end(i)
+            else:
+                cache[i] = self._view(i)
+                if len(cache) > views:
+                    cache.popitem(last=False)
+            return cache[i]
+
+        for layer in (self.layers if layers is None else list(layers)):
+            n = self.layer_info(layer)["units"]
+            for start in range(0, n, units_per_batch):
+                group = [(u, self.entries(layer, u)) for u in range(start, min(start + units_per_batch, n))]
+                flat = [(u, e) for u, es in group for e in es]
+                if not flat:
+                    continue
+                x = torch.cat([self.net.preprocess(view(e["image_index"])) for _, e in flat], 0)
+                rec = self.net.forward(x, upto=layer)
+                p = self.net.project_many(rec, [(layer, u, e["position"], i) for i, (u, e) in enumerate(flat)],
+                                          method="deconv", seed="point").detach().float().cpu().numpy()
+                i = 0
+                for u, es in group:
+                    out = []
+                    for e in es:
+                        t, l, b, r = e["box"]
+                        out.append(np.ascontiguousarray(p[i, :, t:b, l:r]))
+                        i += 1
+                    yield layer, u, out
+
     def patch(self, layer: str, unit: int, rank: int) -> Image.Image:
         """RGB receptive-field crop of the model's input view of entry ``rank``'s image."""
         item = self._unit(layer, unit, projections=False)
