@@ -159,7 +159,10 @@ def _index(a) -> int:
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    net = load(a.model, device=a.device)
+    device = a.device
+    if "LOCAL_RANK" in os.environ and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}"  # one GPU per rank
+    net = load(a.model, device=device)
     root = a.data or str(data_root())
     out = build_index(net, root, split=a.split, out=a.out or None, k=a.k, batch_size=a.batch_size,
                       workers=None if a.workers < 0 else a.workers, checkpoint_every=a.checkpoint_every,
@@ -299,11 +302,12 @@ def _correspondence(a) -> int:
     res = correspondence(net, x, parts, a.layers, a.random_trials, a.seed, progress=a.progress)
     write_correspondence(res, views, parts, a.out, {"model": str(a.model), "boxes": str(a.boxes),
                                                     "files": [im["file"] for im in spec["images"]]})
+    rnd = {p: res["parts"][p]["random"] for p in parts}
     print(json.dumps({"figure": str(Path(a.out) / "correspondence.png"),
                       "delta_normalised": {p: {L: round(res["parts"][p][L]["delta_normalised"], 4) for L in a.layers}
                                            for p in parts},
-                      "random": {L: round(res["random"][L]["delta_normalised_mean"], 4) for L in a.layers}
-                      if res["random"] else None}))
+                      "random_same_size": {p: {L: round(r[L]["delta_normalised_mean"], 4) for L in r}
+                                           for p, r in rnd.items()}}))
     return 0
 
 

@@ -459,6 +459,8 @@ class _Dist:
         self.owned = False
         ws = int(os.environ.get("WORLD_SIZE", "1"))
         if dist.is_available() and not dist.is_initialized() and ws > 1:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # the collectives use the rank's own GPU
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self.owned = True
         self.on = dist.is_available() and dist.is_initialized()
@@ -545,6 +547,8 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
                 with np.load(part_dir / ck["arrays"], allow_pickle=False) as z:
                     tk = TopK.from_arrays({r: z[r] for r in ARRAY_ROLES})
                 done = int(ck["batches_done"])
+                if progress and rank == 0:
+                    print(f"index: resuming {out} after {done} of {len(batches)} batches", flush=True)
         ds = _SplitImages(sp, size, meta.mean, meta.std)
         nw = min(2, os.cpu_count() or 1) if workers is None else workers
         loader = torch.utils.data.DataLoader(ds, batch_sampler=batches[done:], num_workers=nw,
