@@ -94,7 +94,7 @@ def occlusion_passes(height: int, width: int, size: int, stride: int) -> int:
 
 def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str = "conv5",
               class_index: int | None = None, feature_map: int | None = None, batch_size: int = 128,
-              max_passes: int | None = None, method: str = "incremental", fallback: float = 0.6,
+              max_passes: int | None = None, method: str = "incremental", fallback: float = 0.9,
               progress=None) -> OcclusionResult:
     """Slide a grey ``size`` x ``size`` square with ``stride`` over ``x`` and record Fig. 7's maps.
 
@@ -158,15 +158,18 @@ def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str 
         prob = np.empty(len(positions), np.float64)
         top = np.empty(len(positions), np.int64)
         run = _run_incremental if method == "incremental" else _run_full
-        for s in range(0, len(positions), batch_size):
-            batch = positions[s:s + batch_size]
-            a, logits = run(children, inputs, x, batch, size, t_index, feature_map, fallback)
+        order = list(range(len(positions)))
+        if method == "incremental":  # batch positions whose changed regions are alike: smaller common patches
+            order.sort(key=_extent_key(children, inputs, positions, size))
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            a, logits = run(children, inputs, x, [positions[k] for k in idx], size, t_index, feature_map, fallback)
             p = torch.softmax(logits.float(), dim=1)
-            act[s:s + len(batch)] = a.double().cpu().numpy()
-            prob[s:s + len(batch)] = p[:, class_index].double().cpu().numpy()
-            top[s:s + len(batch)] = p.argmax(dim=1).cpu().numpy()
+            act[idx] = a.double().cpu().numpy()
+            prob[idx] = p[:, class_index].double().cpu().numpy()
+            top[idx] = p.argmax(dim=1).cpu().numpy()
             if progress is not None:
-                progress(s + len(batch), len(positions))
+                progress(s + len(idx), len(positions))
 
     return OcclusionResult(
         size=size, stride=stride, grid=(gh, gw), layer=layer, feature_map=feature_map,
@@ -229,12 +232,35 @@ def _changed_range(lo: int, n: int, k: int, s: int, p: int, d: int, n_out: int) 
     return first, last
 
 
+def _extent_key(children, inputs, positions, size):
+    """Sort key of a position: its changed region's (rows, cols) at the last local layer, 1-D each."""
+    geos = []
+    for i, (_, m) in enumerate(children):
+        g = _local_geometry(m)
+        if g is not None and inputs[i + 1].dim() == 4:
+            geos.append((g, inputs[i + 1].shape[2], inputs[i + 1].shape[3]))
+        elif not isinstance(m, POINTWISE):
+            break
+
+    def extent(lo, n, axis):
+        for (k, s, p, d, _, _), Ho, Wo in geos:
+            first, last = _changed_range(lo, n, k[axis], s[axis], p[axis], d[axis], Ho if axis == 0 else Wo)
+            lo, n = first, last - first + 1
+        return n
+
+    rows = {y: extent(y, size, 0) for y in {y for y, _ in positions}}
+    cols = {x: extent(x, size, 1) for x in {x for _, x in positions}}
+    return lambda k: (-rows[positions[k][0]] * cols[positions[k][1]], -rows[positions[k][0]], k)
+
+
 def _run_incremental(children, inputs, x, batch, size, t_index, c, fallback):
     """Krypton-style: per layer recompute only each occluder's changed patch (see the module doc)."""
     B = len(batch)
-    # the changed patch of the current tensor, one common size, at per-element offsets
+    # the changed patch of the current tensor, one common size, at per-element offsets; ``true``
+    # is each element's truly changed region (top, rows, left, cols), which the patch contains
     patch = x.new_zeros((B, x.shape[1], size, size))
     offs = [(y0, x0) for y0, x0 in batch]
+    true = [(y0, size, x0, size) for y0, x0 in batch]
     full = None  # once set: the full tensor for the batch (fallback)
     a = None
     for i, (_, m) in enumerate(children):
@@ -247,11 +273,11 @@ def _run_incremental(children, inputs, x, batch, size, t_index, c, fallback):
                     and inputs[i + 1].shape == base_in.shape:
                 pass  # the identity at this input size (ZFNet's avgpool at 224 px)
             elif geo is not None:
-                out = _local_patch(geo, base_in, inputs[i + 1], patch, offs, fallback)
+                out = _local_patch(geo, base_in, inputs[i + 1], patch, offs, true, fallback)
                 if out is None:
                     full = _paste(base_in, patch, offs)
                 else:
-                    patch, offs = out
+                    patch, offs, true = out
             else:
                 full = _paste(base_in, patch, offs)
             if full is not None:
@@ -276,16 +302,16 @@ def _paste(base: torch.Tensor, patch: torch.Tensor, offs) -> torch.Tensor:
     return out
 
 
-def _local_patch(geo, base_in, base_out, patch, offs, fallback):
+def _local_patch(geo, base_in, base_out, patch, offs, true, fallback):
     """One conv/pool layer on the changed patches only; None when the patch covers most of the output."""
     (kh, kw), (sh, sw), (ph_, pw_), (dh, dw), pad_value, op = geo
     B, _, ph, pw = patch.shape
     H, W = base_in.shape[2], base_in.shape[3]
     Ho, Wo = base_out.shape[2], base_out.shape[3]
-    rows = [_changed_range(oy, ph, kh, sh, ph_, dh, Ho) for oy, _ in offs]
-    cols = [_changed_range(ox, pw, kw, sw, pw_, dw, Wo) for _, ox in offs]
-    oh = max(last - first + 1 for first, last in rows)
-    ow = max(last - first + 1 for first, last in cols)
+    rows = [_changed_range(ty, tn, kh, sh, ph_, dh, Ho) for ty, tn, _, _ in true]
+    cols = [_changed_range(tx, tm, kw, sw, pw_, dw, Wo) for _, _, tx, tm in true]
+    oh = max(1, max(last - first + 1 for first, last in rows))  # (an input row no output reads: 0)
+    ow = max(1, max(last - first + 1 for first, last in cols))
     if oh * ow >= fallback * Ho * Wo:
         return None
     starts = [(min(r[0], Ho - oh), min(q[0], Wo - ow)) for r, q in zip(rows, cols)]
@@ -309,4 +335,5 @@ def _local_patch(geo, base_in, base_out, patch, offs, fallback):
         crops.append(crop)
     out = op(torch.stack(crops))
     assert out.shape[2:] == (oh, ow), (out.shape, oh, ow)
-    return out, starts
+    new_true = [(r[0], max(0, r[1] - r[0] + 1), q[0], max(0, q[1] - q[0] + 1)) for r, q in zip(rows, cols)]
+    return out, starts, new_true
