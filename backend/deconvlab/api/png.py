@@ -20,11 +20,6 @@ def png_bytes(im) -> bytes:
     return buf.getvalue()
 
 
-def _upscale(rgb: np.ndarray, size: int | tuple[int, int]) -> Image.Image:
-    w, h = (size, size) if isinstance(size, int) else size
-    return Image.fromarray(np.ascontiguousarray(rgb)).resize((w, h), Image.NEAREST)
-
-
 def projection_png(p: np.ndarray) -> bytes:
     """A 3xHxW projection, contrast-normalised with zero at mid grey (``render.projection_image``)."""
     from .. import render
@@ -32,24 +27,22 @@ def projection_png(p: np.ndarray) -> bytes:
     return png_bytes(render.projection_image(p))
 
 
-def feature_map_png(a: np.ndarray, size: int) -> bytes:
-    """An HxW feature map through viridis, upscaled (nearest) to ``size`` x ``size``."""
+def feature_map_png(a: np.ndarray, size: int, lo: float | None = None, hi: float | None = None) -> bytes:
+    """An HxW feature map through viridis (``lo``..``hi``, default its range), upscaled (nearest) to ``size``."""
     from .. import render
 
-    return png_bytes(_upscale(np.asarray(render.feature_map_image(a)), size))
+    return png_bytes(render.feature_map_image(a, lo, hi, size=size))
 
 
 def heat_map_png(a: np.ndarray, lo: float | None, hi: float | None, scale: int) -> bytes:
     """An occlusion map through viridis between ``lo`` and ``hi`` (default: its range), each cell ``scale`` px."""
     from .. import render
 
-    rgb = np.asarray(render.colormap(a, lo, hi))
-    return png_bytes(_upscale(rgb, (a.shape[1] * scale, a.shape[0] * scale)))
+    return png_bytes(render.feature_map_image(a, lo, hi, size=(a.shape[0] * scale, a.shape[1] * scale)))
 
 
 def class_map_png(classes: np.ndarray, scale: int) -> bytes:
     """A map of class indices, one categorical colour per class, each cell ``scale`` px."""
     from .. import render
 
-    rgb = np.asarray(render.class_colors(classes))
-    return png_bytes(_upscale(rgb, (classes.shape[1] * scale, classes.shape[0] * scale)))
+    return png_bytes(render.upscale(render.class_colors(classes), (classes.shape[0] * scale, classes.shape[1] * scale)))

@@ -132,8 +132,10 @@ async def unit_map(state: State, slot: Model, img: Image, layer: Layer, unit: Un
         raise Unprocessable(f"size: expected 8..1024 pixels, got {size}")
 
     def work():
-        a = record(state, slot, img).activations[layer][0, unit].float().cpu().numpy()
-        return feature_map_png(np.atleast_2d(a), size)
+        act = record(state, slot, img).activations[layer][0]
+        if act.dim() == 1:  # an fc unit: one value, coloured on the layer's scale 0..max
+            return feature_map_png(np.atleast_2d(float(act[unit])), size, 0.0, max(float(act.max()), 1e-12))
+        return feature_map_png(act[unit].float().cpu().numpy(), size)
 
     return Response(await state.runner.run(work), media_type="image/png", headers=PNG_HEADERS)
 
