@@ -46,6 +46,11 @@ def load_models(state: AppState) -> None:
 
     s = state.settings
     Image.MAX_IMAGE_PIXELS = s.max_pixels  # PIL refuses (DecompressionBombError) beyond twice this
+    import torch
+
+    # full fp32 on the GPU (no TF32): projections and occlusion maps equal the CPU's within float rounding
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     root = s.models_path()
     reg = read_registry(root)
     names = s.model_names() or sorted(reg["models"])
