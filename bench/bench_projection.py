@@ -1,6 +1,6 @@
 """Benchmark of the deconvnet engine (issue 2) against Captum's NeuronDeconvolution.
 
-    .venv/bin/python bench/bench_projection.py [--reps 5] [--layers conv1 conv5 fc6] [--units 64]
+    .venv/bin/python bench/bench_projection.py [--reps 5] [--layers conv1 conv5 fc6] [--units 64] [--threads 1]
 
 Model: a half-width ZFNet (``ZFNetConfig(width=0.5, fc_size=1024, num_classes=10,
 norm="none")``, He-initialised random weights, seed 0) at 224 px, one input
@@ -74,8 +74,11 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each measurement (medians)")
     ap.add_argument("--layers", nargs="*", default=["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"])
     ap.add_argument("--units", type=int, default=64, help="units in the batched call")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "projection.json"))
     a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     try:
         from captum.attr import NeuronDeconvolution
     except ImportError:
@@ -149,7 +152,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     print()
-    print(f"forward pass: {result['forward_ms']:.1f} ms")
+    print(f"forward pass: {result['forward_ms']:.1f} ms, {result['threads']} thread(s)")
     print()
     print("| layer | ours, 1 unit (ms) | Captum, 1 unit (ms) | ratio | ours, K units (ms) | Captum, K calls (ms) | ratio | K | rel. err vs Captum |")
     print("|---|---|---|---|---|---|---|---|---|")

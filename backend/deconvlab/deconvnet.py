@@ -55,7 +55,9 @@ parts outside the map are zeroed), unpooling scatters into the window below, and
 ReLU masks and switches are gathered from the record at each item's offset.
 While the signal still lives in a single channel per item (from the seed down to
 the first conv or linear layer), it is kept as one channel and that layer uses
-only the seeded unit's filter (or weight row).
+only the seeded unit's filter (or weight row). Windows that grow past their map
+are cut back to it. Transposed convolutions onto the 3 colours run as a
+polyphase forward convolution (``conv_transpose``).
 
 Assumptions: a flat ``nn.Sequential`` of the children listed above, eval mode,
 the record of ``switches.record_forward`` for the same model.
@@ -74,8 +76,6 @@ from .switches import Record
 
 METHODS = ("deconv", "guided", "backprop")
 SEEDS = ("point", "map")
-SUPPORTED = (nn.Conv2d, nn.MaxPool2d, nn.ReLU, nn.Linear, nn.Flatten, nn.Dropout, nn.Identity,
-             nn.AdaptiveAvgPool2d, nn.LocalResponseNorm, nn.BatchNorm2d)
 
 
 @dataclass
@@ -127,9 +127,10 @@ def _rows(o: torch.Tensor, size: int, limit: int):
 
 
 def crop(t: torch.Tensor, n: torch.Tensor, units: torch.Tensor | None, oy: torch.Tensor, ox: torch.Tensor,
-         h: int, w: int, fill: float = 0) -> torch.Tensor:
+         h: int, w: int, fill: float | list = 0) -> torch.Tensor:
     """Per-item windows ``t[n[k], c, oy[k]:oy[k]+h, ox[k]:ox[k]+w]`` of ``t`` (N, C, H, W):
-    (K, C|1, h, w), with ``fill`` where a window lies outside ``t``'s map.
+    (K, C|1, h, w), with ``fill`` (one value, or one per item) where a window lies
+    outside ``t``'s map.
 
     Channels: all, or only ``units[k]`` (then the result has one channel).
     Copies one slice per item (a strided copy is several times cheaper than a
@@ -139,22 +140,27 @@ def crop(t: torch.Tensor, n: torch.Tensor, units: torch.Tensor | None, oy: torch
     H, W = t.shape[-2:]
     C = t.shape[1] if units is None else 1
     ns, ys, xs = n.tolist(), oy.tolist(), ox.tolist()
-    if min(ys) >= 0 and min(xs) >= 0 and max(ys) + h <= H and max(xs) + w <= W:
-        out = torch.empty((K, C, h, w), dtype=t.dtype, device=t.device)
-    else:
-        out = torch.full((K, C, h, w), fill, dtype=t.dtype, device=t.device)
     us = units.tolist() if units is not None else None
+    fills = fill if isinstance(fill, list) else None
+    out = torch.empty((K, C, h, w), dtype=t.dtype, device=t.device)
     for k in range(K):
         y0, x0 = ys[k], xs[k]
         a, b, c, d = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
         if a >= b or c >= d:
+            out[k].fill_(fills[k] if fills is not None else fill)
             continue
+        if (a, b, c, d) != (y0, y0 + h, x0, x0 + w):  # partly outside the map: fill the border strips
+            v = fills[k] if fills is not None else fill
+            out[k, :, :a - y0].fill_(v)
+            out[k, :, b - y0:].fill_(v)
+            out[k, :, a - y0:b - y0, :c - x0].fill_(v)
+            out[k, :, a - y0:b - y0, d - x0:].fill_(v)
         src = t[ns[k]] if us is None else t[ns[k], us[k]:us[k] + 1]
         out[k, :, a - y0:b - y0, c - x0:d - x0] = src[:, a:b, c:d]
     return out
 
 
-def gather_window(t: torch.Tensor, sig: Signal, h: int, w: int, fill: float = 0) -> torch.Tensor:
+def gather_window(t: torch.Tensor, sig: Signal, h: int, w: int, fill: float | list = 0) -> torch.Tensor:
     """The record tensor ``t`` (N, C, H, W) under each item's window (see ``crop``)."""
     return crop(t, sig.n, sig.units, sig.oy, sig.ox, h, w, fill)
 
@@ -207,19 +213,17 @@ def place(sig: Signal) -> torch.Tensor:
 # ------------------------------------------------------------------ backward rules
 
 def _relu(m: nn.ReLU, name: str, sig: Signal, rec: Record, method: str) -> Signal:
-    g = sig.g
+    g = sig.g  # every signal is a fresh tensor of the backward pass: safe to change in place
     if method in ("deconv", "guided"):
-        g = g.clamp_min(0)
+        g = g.clamp_min_(0)
     if method in ("guided", "backprop"):
         out = rec.outputs[name]  # relu output > 0  <=>  relu input > 0
         if sig.spatial:
-            win = gather_window(out, sig, g.shape[-2], g.shape[-1])
-            g = g * (win > 0).to(g.dtype)
+            mask = gather_window(out, sig, g.shape[-2], g.shape[-1]) > 0
         else:
             rows = out.index_select(0, sig.n)
-            if sig.units is not None:
-                rows = rows.gather(1, sig.units[:, None])
-            g = g * (rows > 0).to(g.dtype)
+            mask = (rows.gather(1, sig.units[:, None]) if sig.units is not None else rows) > 0
+        g = g.mul_(mask)
     return sig.with_g(g)
 
 
@@ -306,15 +310,16 @@ def _maxpool(m: nn.MaxPool2d, name: str, sig: Signal, rec: Record, method: str) 
         oy, hi = torch.zeros_like(oy), Hin
     if wi >= Win:
         ox, wi = torch.zeros_like(ox), Win
-    idx = gather_window(rec.switches[name], sig, h, w, fill=-1)  # flat switch (iy * Win + ix), -1 off the map
-    # local = (iy - oy) * wi + (ix - ox) = idx + iy * (wi - Win) - (oy * wi + ox); iy by an exact
-    # float64 division (int64 division is not vectorised)
-    local = idx - (oy * wi + ox).view(K, 1, 1, 1)
+    # local index in the input window: (iy - oy) * wi + (ix - ox) = idx + iy * (wi - Win) - (oy * wi + ox),
+    # with idx = iy * Win + ix the recorded switch and iy its row (computed once per record).
+    # Off the map the windows are filled so that local = 0 there (where the signal is 0).
+    base = oy * wi + ox
+    idx = gather_window(rec.switches[name], sig, h, w, fill=base.tolist())
     if wi != Win:
-        iy = torch.floor(idx.to(torch.float64) / Win).to(idx.dtype)
-        local += iy * (wi - Win)
-    if not (_inside(sig.oy, h, sig.H) and _inside(sig.ox, w, sig.W)):
-        local = torch.where(idx >= 0, local, torch.zeros((), dtype=local.dtype, device=local.device))
+        local = gather_window(rec.switch_rows(name), sig, h, w, fill=0)
+        local.mul_(wi - Win).add_(idx).sub_(base.view(K, 1, 1, 1))
+    else:
+        local = idx.sub_(base.view(K, 1, 1, 1))
     out = sig.g.new_zeros((K, C, hi * wi))
     out.scatter_add_(2, local.reshape(K, C, h * w), sig.g.reshape(K, C, h * w))
     return fit(sig.with_g(out.view(K, C, hi, wi), oy, ox, Hin, Win))
@@ -432,6 +437,39 @@ def seed_signal(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor, ys: tor
     g = act[n, units].unsqueeze(1)  # (K, 1, H, W)
     zeros = torch.zeros(K, dtype=torch.long, device=act.device)
     return Signal(g, n, zeros, zeros, H, W, units, C)
+
+
+CHUNK_ELEMENTS = 1 << 22  # items per backward pass are chosen so that one window stack stays under 16 MB
+
+
+def peak_elements(children: list[tuple[str, nn.Module]], start: int, rec: Record, seed: str) -> int:
+    """The largest signal (in elements) one item holds on its way down from child ``start``.
+
+    Batches are cut so that K times this stays under ``CHUNK_ELEMENTS``: buffers
+    over 32 MB are fresh ``mmap`` pages for the C allocator on every call, and
+    their page faults can cost more than the arithmetic.
+    """
+    nxt = children[start + 1][0] if start + 1 < len(children) else None
+    out = rec.in_shapes[nxt] if nxt in rec.in_shapes else tuple(rec.logits.shape[1:])
+    h = w = None
+    if len(out) == 3:
+        h, w = ((1, 1) if seed == "point" else out[1:])
+    peak = 1
+    for i in range(start, -1, -1):
+        name, m = children[i]
+        shape = rec.in_shapes[name]
+        if len(shape) != 3:
+            peak, h, w = max(peak, shape[0]), None, None
+            continue
+        C, Hin, Win = shape
+        if h is None or isinstance(m, (nn.Flatten, nn.AdaptiveAvgPool2d)):
+            h, w = Hin, Win
+        elif isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            geo = Window.of(m)
+            h = min((h - 1) * geo.stride[0] + geo.extent(0), Hin + geo.extent(0))
+            w = min((w - 1) * geo.stride[1] + geo.extent(1), Win + geo.extent(1))
+        peak = max(peak, C * h * w)
+    return peak
 
 
 @torch.no_grad()

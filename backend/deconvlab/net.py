@@ -186,7 +186,8 @@ class Net:
 
         Each item is ``(layer, unit, position_or_None)`` or ``(layer, unit,
         position_or_None, index)``; items of the same layer run as one batched
-        pass (``max_batch`` items at a time, to bound memory).
+        pass (at most ``max_batch`` items at a time, fewer where each item's
+        windows are large: see ``deconvnet.peak_elements``).
         """
         if method not in deconvnet.METHODS:
             raise ValueError(f"method: expected one of {list(deconvnet.METHODS)}, got {method!r}")
@@ -204,8 +205,11 @@ class Net:
             groups.setdefault(it[0], []).append(k)
         out: torch.Tensor | None = None
         for child, ks in groups.items():
-            for i in range(0, len(ks), self.max_batch):
-                part = ks[i:i + self.max_batch]
+            i = self._child_index[child]
+            per_item = deconvnet.peak_elements(self._children, i, rec, seed)
+            step = max(1, min(self.max_batch, deconvnet.CHUNK_ELEMENTS // per_item))
+            for i in range(0, len(ks), step):
+                part = ks[i:i + step]
                 res = self._project_group(rec, child, [items[k] for k in part], method, seed)
                 if out is None:
                     out = res.new_empty((len(items),) + tuple(res.shape[1:]))

@@ -44,6 +44,14 @@ class Record:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # normalisation child -> its input
     in_shapes: dict[str, tuple] = field(default_factory=dict)  # child -> input shape without N
     has_switches: bool = True
+    _rows: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def switch_rows(self, name: str) -> torch.Tensor:
+        """The input row of each switch of pool ``name`` (``switches // W_in``), computed once."""
+        if name not in self._rows:
+            win = self.in_shapes[name][-1]
+            self._rows[name] = torch.div(self.switches[name], win, rounding_mode="floor")
+        return self._rows[name]
 
     def __len__(self) -> int:
         return int(self.input.shape[0])
