@@ -76,21 +76,28 @@ def test_delta_on_hand_set_images():
     assert d["delta"] == 0 + 16 + 16
     assert d["pairs"] == 3 and d["features"] == 256
     assert d["delta_normalised"] == pytest.approx(32 / (3 * 256))
-    assert res["random"] == {}
+    assert d["changed"] == pytest.approx(32 / (3 * 256))  # 16 changed features in two of three images
+    # pair-features where either image changed: 16 in each of the three pairs; 32 of those 48 disagree
+    assert d["delta_among_changed"] == pytest.approx(32 / 48)
+    assert res["parts"]["part"]["random"] == {}
 
 
 def test_identical_images_give_delta_zero_and_random_boxes_do_not(small_net, sample_image):
     x = small_net.preprocess(sample_image).repeat(4, 1, 1, 1)
     boxes = [(80, 90, 120, 130)] * 4
-    res = correspondence(small_net, x, {"same": boxes}, layers=["conv5", "fc7"], random_trials=3, seed=1)
+    small = [(10, 20, 30, 30)] * 4
+    res = correspondence(small_net, x, {"same": boxes, "small": small}, layers=["conv5", "fc7"],
+                         random_trials=3, seed=1)
     for L in ("conv5", "fc7"):
-        assert res["parts"]["same"][L]["delta"] == 0
-        assert res["random"][L]["delta_mean"] > 0  # different positions per image: different changes
-        assert len(res["random"][L]["trials"]) == 3
-    # random boxes keep the part's size
-    for t in res["random"]["conv5"]["trials"]:
-        for t_, l, b, r in t["boxes"]:
-            assert (b - t_, r - l) == (40, 40) and 0 <= t_ and b <= 224 and 0 <= l and r <= 224
+        assert res["parts"]["same"][L]["delta"] == 0 and res["parts"]["small"][L]["delta"] == 0
+        rnd = res["parts"]["same"]["random"][L]
+        assert rnd["delta_mean"] > 0  # different positions per image: different changes
+        assert len(rnd["trials"]) == 3
+    # random boxes keep each part's size
+    for part, hw in (("same", (40, 40)), ("small", (20, 10))):
+        for t in res["parts"][part]["random"]["conv5"]["trials"]:
+            for t_, l, b, r in t["boxes"]:
+                assert (b - t_, r - l) == hw and 0 <= t_ and b <= 224 and 0 <= l and r <= 224
 
 
 def test_occlude_and_random_boxes():
@@ -176,7 +183,8 @@ def test_correspondence_command_end_to_end(tmp_path, small_checkpoint):
     assert set(res["parts"]) == {"nose", "eye"} and res["images"] == 3
     # the boxes were mapped from the 300 x 250 image into the 224 px view
     assert res["parts"]["nose"]["boxes"][0] == list(box_to_view((100, 120, 140, 170), (300, 250), 224))
-    assert res["random"]["conv5"]["trials"][0]["delta"] >= 0
+    assert res["parts"]["eye"]["random"]["conv5"]["trials"][0]["delta"] >= 0
+    assert len(res["parts"]["nose"]["random"]["fc7"]["trials"]) == 2
     with Image.open(out / "correspondence.png") as im:
         assert im.width >= 3 * 112 and np.asarray(im).std() > 10
     bad = tmp_path / "bad.json"

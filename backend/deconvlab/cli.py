@@ -189,11 +189,11 @@ def _analysis_args(p, out: str = "runs/analyses") -> None:
 def add_evolution(sub) -> None:
     p = sub.add_parser("evolution", help="feature evolution over the training snapshots (Fig. 4)")
     p.add_argument("--model", default="zfnet-imagenette", help="registry name, run folder or snapshots folder")
-    p.add_argument("--units", nargs="*", default=[], help="LAYER:UNIT ... (default: --per-layer strongest per conv layer)")
+    p.add_argument("--units", nargs="*", default=[], help="LAYER:UNIT ... (default: --per-layer random units per conv layer, as in Fig. 4)")
     p.add_argument("--per-layer", type=int, default=2, help="units per conv layer when --units is not given")
     p.add_argument("--split", default="val")
     p.add_argument("--n", type=int, default=500, help="images of the split to search (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image subset and of the default units")
     p.add_argument("--batch-size", type=int, default=64)
     _analysis_args(p)
     p.set_defaults(func=_evolution)
@@ -206,7 +206,7 @@ def _evolution(a) -> int:
     units = parse_units(a.units)
     root = a.data or str(data_root())
     ev = build_evolution(a.model, root, a.split, a.n, a.seed, batch_size=a.batch_size).scan(progress=a.progress)
-    units = units or default_units(ev, a.per_layer)
+    units = units or default_units(ev, a.per_layer, seed=a.seed)
     res = write_evolution(ev, units, a.out, {"model": str(a.model), "data": root, "split": a.split, "seed": a.seed},
                           progress=a.progress)
     print(json.dumps({"figure": str(Path(a.out) / "evolution.png"), "epochs": res["epochs"],

@@ -34,10 +34,14 @@ Assumptions, stated once:
   bottom, right)`` in input pixels of the model's view (after resize and
   centre crop), bottom/right exclusive; ``box_to_view`` maps boxes drawn on
   the stored image to that view.
-* Random parts: each image gets a box of the same size as its part box at a
-  uniformly random position inside the image, drawn again for each of
-  ``random_trials`` trials (seeded); Table 1's "random" row is their mean
-  and standard deviation.
+* Random parts: for each part, each image gets a box of the same size as
+  its part box at a uniformly random position inside the image, drawn again
+  for each of ``random_trials`` trials (seeded); Table 1's "random" row is
+  their mean and standard deviation, here one per part (same sizes).
+* With a 3-valued sign, Delta also depends on how many features a mask
+  changes at all (two unchanged features agree): ``changed`` reports that
+  fraction beside each Delta, so a part and its random boxes can be read
+  together.
 """
 
 from __future__ import annotations
@@ -142,23 +146,31 @@ def feature_differences(net, images: torch.Tensor, boxes: Sequence[Sequence[int]
 
 
 def delta(eps: torch.Tensor) -> dict:
-    """Delta of Table 1 for one layer's differences (N, D): raw and normalised."""
+    """Delta of Table 1 for one layer's differences (N, D): raw and normalised; ``changed``, the
+    fraction of features the mask changes at all (eps != 0), averaged over the images; and
+    ``delta_among_changed``, Delta divided by the pair-features where at least one of the two
+    images changed (not in the paper: the sign disagreement among the features that moved)."""
     n, d = eps.shape
-    raw = pairwise_hamming_sum(sign_differences(eps))
+    signs = sign_differences(eps)
+    raw = pairwise_hamming_sum(signs)
     pairs = n * (n - 1) // 2
-    return {"delta": raw, "delta_normalised": raw / max(pairs * d, 1), "pairs": pairs, "features": d}
+    zeros = (signs == 0).sum(0).long()
+    union = pairs * d - int((zeros * (zeros - 1) // 2).sum())  # pair-features where either image changed
+    return {"delta": raw, "delta_normalised": raw / max(pairs * d, 1), "pairs": pairs, "features": d,
+            "changed": float((signs != 0).double().mean()), "delta_among_changed": raw / max(union, 1)}
 
 
 @torch.no_grad()
 def correspondence(net, images: torch.Tensor, part_boxes: Mapping[str, Sequence[Sequence[int]]],
                    layers: Sequence[str] = DEFAULT_LAYERS, random_trials: int = 10, seed: int = 0,
-                   random_like: str | None = None, progress: bool = False) -> dict:
-    """Table 1: Delta per part and layer, and for random boxes of the same sizes.
+                   progress: bool = False) -> dict:
+    """Table 1: Delta per part and layer, against random boxes of the same sizes.
 
     ``images``: normalised (N, 3, S, S), N >= 2 images of one class;
     ``part_boxes``: part name -> one box per image (model-view pixels).
-    Random boxes take the sizes of ``random_like``'s boxes (default: the
-    first part); each trial draws new positions.
+    For each part, ``random_trials`` times, every image gets a box of the
+    size of its part box at a random position; ``parts[p]["random"][layer]``
+    holds their Delta's mean, standard deviation and every trial.
     """
     from tqdm import tqdm
 
@@ -178,36 +190,35 @@ def correspondence(net, images: torch.Tensor, part_boxes: Mapping[str, Sequence[
         if len(boxes) != n:
             raise ValueError(f"part {name!r}: expected one box per image ({n}), got {len(boxes)}")
         parts[name] = [check_box(b, size, f"part {name!r}, image {i}") for i, b in enumerate(boxes)]
-    ref = random_like or next(iter(parts))
-    if ref not in parts:
-        raise KeyError(f"random_like: expected one of {list(parts)}, got {ref!r}")
     base = net.forward(images.to(net.device), switches=False)
     for L in layers:
         if L not in base.activations:
             raise KeyError(f"unknown layer: expected one of {list(base.activations)}, got {L!r}")
-    out: dict = {"layers": list(layers), "images": n, "parts": {}, "random": {}}
-    jobs = [("part", p) for p in parts] + [("random", t) for t in range(random_trials)]
+    out: dict = {"layers": list(layers), "images": n, "random_trials": random_trials, "seed": seed, "parts": {}}
+    jobs = [(p, t) for p in parts for t in range(-1, random_trials)]  # t = -1: the part itself
     rng = np.random.default_rng(seed)
-    sizes = [(b - t, r - l) for t, l, b, r in parts[ref]]
-    trials: dict[str, list[dict]] = {L: [] for L in layers}
-    for kind, key in tqdm(jobs, desc="correspondence", disable=not progress, leave=False):
-        boxes = parts[key] if kind == "part" else random_boxes(sizes, size, rng)
+    trials: dict[str, dict[str, list[dict]]] = {p: {L: [] for L in layers} for p in parts}
+    for p, t in tqdm(jobs, desc="correspondence", disable=not progress, leave=False):
+        sizes = [(b - t_, r - l) for t_, l, b, r in parts[p]]
+        boxes = parts[p] if t < 0 else random_boxes(sizes, size, rng)
         eps = feature_differences(net, images, boxes, layers, base)
         res = {L: delta(eps[L]) for L in layers}
-        if kind == "part":
-            out["parts"][key] = {"boxes": [list(b) for b in boxes], **res}
+        if t < 0:
+            out["parts"][p] = {"boxes": [list(b) for b in boxes], **res, "random": {}}
         else:
             for L in layers:
-                trials[L].append({**res[L], "boxes": [list(b) for b in boxes]})
-    if random_trials:
-        out["random"] = {"like": ref, "trials": random_trials, "seed": seed}
-        for L in layers:
-            raw = np.array([t["delta"] for t in trials[L]], dtype=np.float64)
-            nrm = np.array([t["delta_normalised"] for t in trials[L]], dtype=np.float64)
-            out["random"][L] = {"delta_mean": float(raw.mean()), "delta_std": float(raw.std()),
-                                "delta_normalised_mean": float(nrm.mean()),
-                                "delta_normalised_std": float(nrm.std()),
-                                "trials": [{k: v for k, v in t.items()} for t in trials[L]]}
+                trials[p][L].append({**res[L], "boxes": [list(b) for b in boxes]})
+    for p in parts:
+        for L in layers if random_trials else []:
+            raw = np.array([t["delta"] for t in trials[p][L]], dtype=np.float64)
+            nrm = np.array([t["delta_normalised"] for t in trials[p][L]], dtype=np.float64)
+            chg = np.array([t["changed"] for t in trials[p][L]], dtype=np.float64)
+            amc = np.array([t["delta_among_changed"] for t in trials[p][L]], dtype=np.float64)
+            out["parts"][p]["random"][L] = {
+                "delta_mean": float(raw.mean()), "delta_std": float(raw.std()),
+                "delta_normalised_mean": float(nrm.mean()), "delta_normalised_std": float(nrm.std()),
+                "changed_mean": float(chg.mean()), "delta_among_changed_mean": float(amc.mean()),
+                "delta_among_changed_std": float(amc.std()), "trials": trials[p][L]}
     return out
 
 
@@ -277,15 +288,16 @@ PART_COLOURS = [(230, 40, 40), (40, 200, 60), (250, 210, 0), (60, 120, 255), (23
 
 def correspondence_figure(views: Sequence, parts: Mapping[str, Sequence[Sequence[int]]], result: dict,
                           cell: int = 112):
-    """Fig. 8: each image with its part boxes, and Table 1 written underneath."""
+    """Fig. 8: each image with its part boxes; Table 1 underneath (normalised Delta of each part
+    against random boxes of the same sizes, mean +- std over the trials)."""
     from PIL import Image, ImageDraw
 
     n = len(views)
     names = list(parts)
     layers = result["layers"]
-    rows = len(names) + (1 if result.get("random") else 0)
-    table_h = 18 * (rows + 1) + 8
-    sheet = Image.new("RGB", (max(n * (cell + 4) + 4, 140 + 170 * len(layers)), cell + 8 + table_h), "white")
+    col = 190
+    table_h = 18 * (len(names) + 2) + 8
+    sheet = Image.new("RGB", (max(n * (cell + 4) + 4, 130 + col * 2 * len(layers)), cell + 8 + table_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, v in enumerate(views):
         im = v.convert("RGB").copy()
@@ -295,21 +307,21 @@ def correspondence_figure(views: Sequence, parts: Mapping[str, Sequence[Sequence
             d.rectangle([l, t, r - 1, b - 1], outline=PART_COLOURS[k % len(PART_COLOURS)], width=2)
         sheet.paste(im.resize((cell, cell), Image.BILINEAR), (4 + i * (cell + 4), 4))
     y = cell + 12
-    draw.text((4, y), "part", fill="black")
+    draw.text((4, y), "Delta (among changed)", fill="black")
     for j, L in enumerate(layers):
-        draw.text((140 + 170 * j, y), f"Delta {L} (normalised)", fill="black")
+        draw.text((130 + 2 * col * j, y), f"{L}: part", fill="black")
+        draw.text((130 + 2 * col * j + col, y), f"{L}: random, same size", fill="black")
     for k, p in enumerate(names):
         y += 18
         draw.text((4, y), p, fill=PART_COLOURS[k % len(PART_COLOURS)])
+        res = result["parts"][p]
         for j, L in enumerate(layers):
-            draw.text((140 + 170 * j, y), f"{result['parts'][p][L]['delta_normalised']:.4f}", fill="black")
-    if result.get("random"):
-        y += 18
-        draw.text((4, y), f"random ({result['random']['trials']} trials)", fill="black")
-        for j, L in enumerate(layers):
-            r = result["random"][L]
-            draw.text((140 + 170 * j, y), f"{r['delta_normalised_mean']:.4f} +- {r['delta_normalised_std']:.4f}",
+            draw.text((130 + 2 * col * j, y), f"{res[L]['delta_normalised']:.4f} ({res[L]['delta_among_changed']:.3f})",
                       fill="black")
+            r = res["random"].get(L)
+            if r:
+                draw.text((130 + 2 * col * j + col, y), f"{r['delta_normalised_mean']:.4f} +- "
+                          f"{r['delta_normalised_std']:.4f} ({r['delta_among_changed_mean']:.3f})", fill="black")
     return sheet
 
 

@@ -302,17 +302,19 @@ def parse_units(specs: Iterable[str]) -> list[tuple[str, int]]:
 
 
 def default_units(ev: Evolution, per_layer: int = 2, layers: Sequence[str] = ("conv1", "conv2", "conv3",
-                                                                               "conv4", "conv5")
-                  ) -> list[tuple[str, int]]:
-    """``per_layer`` units of each conv layer: those whose strongest activation at the last snapshot
-    is largest (the features that end up strongest; the paper picked at random)."""
+                                                                               "conv4", "conv5"),
+                  seed: int = 0) -> list[tuple[str, int]]:
+    """``per_layer`` units of each conv layer chosen at random (seeded), as Fig. 4 shows "a randomly
+    chosen subset of model features"; units that never fire on the subset at the last snapshot are
+    left out (they have nothing to show)."""
     last = ev.scans[ev.epochs[-1]]
+    rng = np.random.default_rng(seed)
     out = []
     for L in last.layers:
         if L.name not in layers:
             continue
-        best = last.layer_values(L.name)
-        for u in np.argsort(-best, kind="stable")[:per_layer]:
+        alive = np.flatnonzero(last.layer_values(L.name) > 0)
+        for u in np.sort(rng.choice(alive, size=min(per_layer, len(alive)), replace=False)):
             out.append((L.name, int(u)))
     return out
 
