@@ -41,6 +41,8 @@ def nbytes(obj: Any, _seen: set | None = None) -> int:
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
         return obj.element_size() * obj.nelement()
+    if isinstance(obj, (bytes, bytearray)):  # encoded PNGs
+        return len(obj)
     if hasattr(obj, "nbytes") and hasattr(obj, "dtype"):  # numpy arrays
         return int(obj.nbytes)
     if isinstance(obj, dict):
