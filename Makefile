@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(VENV)/bin/deconvlab serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/deconvlab serve --host $(HOST) --port $(PORT) --build-index
 
 # Debian's Chromium for the browser tests (never a browser download).
 browser-deps:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,19 @@ def test_no_data_set(small_models_dir, tmp_path):
         assert r.status_code == 503 and "DECONVLAB_DATA" in r.json()["detail"]
         r = c.get("/api/layers/conv1/units/0/top")
         assert r.status_code == 503 and "no data set" in r.json()["detail"]
+
+
+def test_missing_index_is_built_in_the_background_when_asked(small_models_dir, small_net, tmp_path, monkeypatch):
+    monkeypatch.setenv("DECONVLAB_CACHE", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", per_class=2)
+    s = Settings(models=str(small_models_dir), data=str(data), data_dir=str(tmp_path / "state"), build_index=True)
+    with TestClient(create_app(s)) as c:
+        deadline = time.monotonic() + 60
+        while (status := c.get("/api/ready").json()["index"][MODEL]) != "ready":
+            assert status == "building" and time.monotonic() < deadline, status
+            assert c.get("/api/health").status_code == 200  # the server answers meanwhile
+            time.sleep(0.05)
+        r = c.get("/api/layers/conv1/units/0/top")
+        assert r.status_code == 200 and len(r.json()["entries"]) == 4
+    idx = TopKIndex.open(default_index_path(MODEL, data, "val"), net=small_net, data_root=data)
+    assert r.json()["entries"][0]["image_index"] == idx.entries("conv1", 0)[0]["image_index"]

@@ -415,6 +415,8 @@ def add_serve(sub) -> None:
     p.add_argument("--models", default=None, help="comma-separated registry names to serve (default: all)")
     p.add_argument("--data", default=None, help="ImageFolder root for the top-k index (DECONVLAB_DATA)")
     p.add_argument("--data-dir", default=None, help="uploads and results (DECONVLAB_DATA_DIR)")
+    p.add_argument("--build-index", action="store_true", default=None,
+                   help="build a missing or stale top-k index in the background (DECONVLAB_BUILD_INDEX)")
     p.add_argument("--log-level", default="info")
     p.set_defaults(func=_serve)
 
@@ -425,7 +427,7 @@ def _serve(a) -> int:
     from .api import Settings, create_app
 
     given = {"host": a.host, "port": a.port, "device": a.device, "serve_models": a.models, "data": a.data,
-             "data_dir": a.data_dir}
+             "data_dir": a.data_dir, "build_index": a.build_index}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=a.log_level)
     return 0

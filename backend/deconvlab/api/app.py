@@ -15,9 +15,11 @@ at ``/`` when its ``index.html`` exists.
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import torch
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
@@ -99,6 +101,33 @@ def open_index(state: AppState, slot: ModelSlot) -> None:
         slot.index, slot.index_status = None, f"stale: {e}"
 
 
+def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thread:
+    """Build the slot's top-k index on a thread of its own ("building" in /api/ready), then open it.
+
+    The scan reads the model like any forward pass (eval mode, no state), so
+    the inference thread keeps answering meanwhile; the images are decoded in
+    this thread (no loader processes are forked from the server).
+    """
+    from ..top_k import build_index, default_index_path
+
+    s = state.settings
+    slot.index, slot.index_status = None, "building"
+
+    def work():
+        try:
+            with torch.inference_mode():
+                build_index(slot.net, s.data, s.index_split, out=default_index_path(slot.name, s.data, s.index_split),
+                            k=9, workers=0, progress=False)
+            open_index(state, slot)
+        except Exception as e:  # reported, never fatal to the server
+            slot.index_status = f"stale: the build failed: {type(e).__name__}: {e}"
+            log.error("top-k index for %s: %s", slot.name, slot.index_status)
+
+    t = threading.Thread(target=work, name=f"deconvlab-index-{slot.name}", daemon=True)
+    t.start()
+    return t
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -107,6 +136,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = AppState(settings)
         app.state.deconvlab = state
         load_models(state)
+        if settings.build_index and state.split is not None:
+            for slot in state.models.values():
+                if slot.net is not None and (slot.index_status == "missing" or slot.index_status.startswith("stale")):
+                    build_index_in_background(state, slot)
         try:
             yield
         finally:

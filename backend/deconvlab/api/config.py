@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     data: str = ""
     # split of ``data`` the top-k index was built on
     index_split: str = "val"
+    # build a missing or stale top-k index in a background thread at start-up (`make run` turns it on)
+    build_index: bool = False
     # server state (uploads, occlusion results); empty: <cache dir>/server (DECONVLAB_CACHE or ~/.cache/deconvlab)
     data_dir: str = ""
     # largest upload accepted, in bytes, counted while the body streams in (413 beyond)
