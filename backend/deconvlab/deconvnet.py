@@ -439,7 +439,7 @@ def seed_signal(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor, ys: tor
     return Signal(g, n, zeros, zeros, H, W, units, C)
 
 
-CHUNK_ELEMENTS = 1 << 22  # items per backward pass are chosen so that one window stack stays under 16 MB
+CHUNK_ELEMENTS = 6 << 20  # items per backward pass are chosen so that no buffer passes 24 MB
 
 
 def peak_elements(children: list[tuple[str, nn.Module]], start: int, rec: Record, seed: str) -> int:
