@@ -312,3 +312,37 @@ def test_inference_runs_in_inference_mode_on_one_thread(client):
     runner = state_of(client).runner
     names = {runner.call(lambda: threading.current_thread().name) for _ in range(4)}
     assert len(names) == 1 and runner.call(torch.is_inference_mode_enabled)
+
+
+def test_record_cache_is_bounded_by_bytes_lru_first():
+    from deconvlab.api.runner import RecordCache, nbytes
+
+    c = RecordCache(max_bytes=3 * 400)
+    calls = []
+
+    def make(k):
+        calls.append(k)
+        return {"act": torch.zeros(100), "png": b""}  # 400 bytes
+
+    for k in "abc":
+        c.get_or_compute(k, lambda k=k: make(k))
+    c.get_or_compute("a", lambda: make("a"))  # a hit: a becomes the most recent
+    c.get_or_compute("d", lambda: make("d"))  # evicts b, the least recent
+    assert calls == ["a", "b", "c", "d"] and c.bytes == 1200 and len(c) == 3
+    c.get_or_compute("b", lambda: make("b"))
+    assert calls[-1] == "b" and c.hits == 1
+    assert nbytes({"x": torch.zeros(2, 3), "y": [np.zeros(4, np.float64)], "z": b"12345"}) == 24 + 32 + 5
+    big = RecordCache(max_bytes=100)
+    big.get_or_compute("x", lambda: torch.zeros(1000))  # larger than the bound: computed, not kept
+    assert len(big) == 0 and big.bytes == 0
+
+
+def test_binds_loopback_by_default(monkeypatch):
+    for key in ("DECONVLAB_HOST", "DECONVLAB_PORT", "DECONVLAB_DEVICE"):
+        monkeypatch.delenv(key, raising=False)
+    s = Settings()
+    assert (s.host, s.port, s.device) == ("127.0.0.1", 8000, "auto")
+    monkeypatch.setenv("DECONVLAB_MAX_UPLOAD_BYTES", "1234")
+    assert Settings().max_upload_bytes == 1234
+    with pytest.raises(ValueError):
+        Settings(device="tpu")
