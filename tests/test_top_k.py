@@ -575,3 +575,32 @@ def test_open_or_build_builds_once_then_opens_and_rebuilds_when_stale(handset_da
         top_k.open_or_build(net, handset_data, "val", k=3, rebuild_stale=False)
     idx = top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
     assert builds == [1, 1] and [e["image_index"] for e in idx.entries("conv1", 0)][:1] == [4]
+
+
+# ------------------------------------------------------------ smoke: the trained model on real images
+
+def test_smoke_trained_model_on_a_few_imagenette_images(tmp_path):
+    """fc8 units are class scores: each one's top image is, nearly always, of its class."""
+    import os
+
+    from deconvlab.nets import read_registry
+
+    data = Path(os.environ.get("DECONVLAB_DATA", "/work/shared/data/imagenette"))
+    if "zfnet-imagenette" not in read_registry()["models"] or not (data / "val").is_dir():
+        pytest.skip("needs the trained zfnet-imagenette and Imagenette (DECONVLAB_DATA)")
+    import deconvlab
+
+    net = deconvlab.load("zfnet-imagenette", device="cpu")
+    root = tmp_path / "few"
+    for c in sorted((data / "val").iterdir()):
+        for f in sorted(c.iterdir())[:3]:  # three images per class, linked, not copied
+            (root / "val" / c.name).mkdir(parents=True, exist_ok=True)
+            (root / "val" / c.name / f.name).symlink_to(f)
+    out = build_index(net, root, "val", out=tmp_path / "idx", k=3, batch_size=16, workers=0, progress=False)
+    idx = TopKIndex.open(out, net=net, data_root=root)
+    hits = sum(idx.entries("fc8", u)[0]["label"] == net.meta.classes[u] for u in range(10))
+    assert hits >= 9, hits
+    e = idx.entries("conv5", 7)[0]
+    t, l, b, r = e["box"]
+    assert idx.patch("conv5", 7, 0).size == (r - l, b - t)
+    assert idx.projection("conv5", 7, 0).shape == (3, b - t, r - l)
