@@ -10,7 +10,8 @@ the model) and stops it at the end.
 For each concurrency level (1, 8 and 32 clients on loopback, one HTTP
 connection each, asyncio + httpx) and each route, ``--requests`` requests are
 sent by that many clients at once; every answer's latency and status are
-kept. Occlusion requests use a square size of their own per level (so each
+kept. Units shift from one level to the next, so projections are computed
+afresh at each level (records stay cached per image). Occlusion requests use a square size of their own per level (so each
 level computes afresh) and cycle through the classes; a repeated request is
 answered from the stored result, as it would be in use. Requests vary the image (8 uploads) and the unit so that both the
 forward-record cache and fresh computations are measured; the first request
@@ -68,14 +69,31 @@ def pct(v: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
 
 
-async def run_route(base: str, make_url, n: int, conc: int) -> dict:
-    """``n`` requests of one route by ``conc`` clients at once."""
+async def run_level(base: str, routes: dict, n: int, conc: int) -> dict:
+    """Every route in turn, ``n`` requests each by ``conc`` clients at once (connections kept alive)."""
+    clients = [httpx.AsyncClient(base_url=base, timeout=300) for _ in range(conc)]
+    try:
+        out = {}
+        for name, make in routes.items():
+            out[name] = await run_route(clients, make, n)
+            r = out[name]
+            print(f"{name:34s} c={conc:2d} p50 {r['p50_ms']:8.1f} ms  p99 {r['p99_ms']:8.1f} ms  "
+                  f"{r['throughput_rps']:7.1f}/s  429: {r['n_429']}  5xx: {r['n_5xx']}", flush=True)
+        return out
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def run_route(clients: list, make_url, n: int) -> dict:
+    """``n`` requests of one route by ``len(clients)`` clients at once."""
+    conc = len(clients)
     lat: list[float] = []
     status: dict[int, int] = {}
     counter = iter(range(n))
 
-    async def worker():
-        async with httpx.AsyncClient(base_url=base, timeout=300) as c:
+    async def worker(c):
+        if True:
             for i in counter:
                 method, url, body = make_url(i)
                 t = time.perf_counter()
@@ -89,7 +107,7 @@ async def run_route(base: str, make_url, n: int, conc: int) -> dict:
                 status[code] = status.get(code, 0) + 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(conc)))
+    await asyncio.gather(*(worker(c) for c in clients))
     wall = time.perf_counter() - t0
     ok = [x for x in lat]
     return {"requests": n, "concurrency": conc, "wall_s": wall, "throughput_rps": n / wall,
@@ -107,6 +125,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "api.json"))
     a = ap.parse_args()
 
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: stop our server too
     proc = None
     tmp = tempfile.TemporaryDirectory()
     base = a.url.rstrip("/")
@@ -142,43 +163,50 @@ def main() -> int:
             ids.append(r.json()["image_id"])
         has_index = ready["index"].get(model) == "ready"
 
+        conv2 = next(d for d in info["layers"] if d["name"] == "conv2")["channels"]
+        level = [0]  # units shift by 37 per concurrency level, so projections are computed afresh at each
+
         def img(i):
             return ids[i % len(ids)]
+
+        def u5(i):
+            return (i + 37 * level[0]) % c5
+
+        def u2(i):
+            return (i + 37 * level[0]) % conv2
 
         routes = {
             "GET /api/health": lambda i: ("GET", "/api/health", None),
             "GET /api/models": lambda i: ("GET", "/api/models", None),
             "GET predictions": lambda i: ("GET", f"/api/images/{img(i)}/predictions?k=5", None),
             "GET layers/conv5": lambda i: ("GET", f"/api/images/{img(i)}/layers/conv5", None),
-            "GET units/{u} (conv5)": lambda i: ("GET", f"/api/images/{img(i)}/layers/conv5/units/{i % c5}", None),
-            "GET map.png (conv5)": lambda i: ("GET", f"/api/images/{img(i)}/layers/conv5/units/{i % c5}/map.png",
+            "GET units/{u} (conv5)": lambda i: ("GET", f"/api/images/{img(i)}/layers/conv5/units/{u5(i)}", None),
+            "GET map.png (conv5)": lambda i: ("GET", f"/api/images/{img(i)}/layers/conv5/units/{u5(i)}/map.png",
                                               None),
             "GET projection png (conv5)": lambda i: (
-                "GET", f"/api/images/{img(i)}/layers/conv5/units/{i % c5}/projection", None),
+                "GET", f"/api/images/{img(i)}/layers/conv5/units/{u5(i)}/projection", None),
             "GET projection npy (conv2)": lambda i: (
-                "GET", f"/api/images/{img(i)}/layers/conv2/units/{i % 64}/projection?format=npy", None),
+                "GET", f"/api/images/{img(i)}/layers/conv2/units/{u2(i)}/projection?format=npy", None),
             "GET input.png": lambda i: ("GET", f"/api/images/{img(i)}/input.png", None),
             "GET filters.png": lambda i: ("GET", "/api/layers/conv1/filters.png", None),
             "POST occlusion (~64/32, 36 pos.)": None,  # set per level below
         }
         if has_index:
-            routes["GET top (conv5)"] = lambda i: ("GET", f"/api/layers/conv5/units/{i % c5}/top", None)
-            routes["GET top patch.png"] = lambda i: ("GET", f"/api/layers/conv5/units/{i % c5}/top/0/patch.png",
+            routes["GET top (conv5)"] = lambda i: ("GET", f"/api/layers/conv5/units/{u5(i)}/top", None)
+            routes["GET top patch.png"] = lambda i: ("GET", f"/api/layers/conv5/units/{u5(i)}/top/0/patch.png",
                                                      None)
         results: dict[str, dict[str, dict]] = {}
-        for conc in a.concurrency:
+        for li, conc in enumerate(a.concurrency):
+            level[0] = li
             # a square size of its own per level: distinct requests compute, repeats are answered
             # from the stored result (as in use), with one class index per request
             size = 64 + len(results.get("POST occlusion (~64/32, 36 pos.)", {}))
             routes["POST occlusion (~64/32, 36 pos.)"] = lambda i, size=size: (
                 "POST", f"/api/images/{img(i)}/occlusion",
                 {"size": size, "stride": 32, "layer": "conv5", "class_index": i % len(info["classes"])})
-            for name, make in routes.items():
-                n = max(a.requests, conc)
-                res = asyncio.run(run_route(base, make, n, conc))
+            per = asyncio.run(run_level(base, dict(routes), max(a.requests, conc), conc))
+            for name, res in per.items():
                 results.setdefault(name, {})[str(conc)] = res
-                print(f"{name:34s} c={conc:2d} p50 {res['p50_ms']:8.1f} ms  p99 {res['p99_ms']:8.1f} ms  "
-                      f"{res['throughput_rps']:7.1f}/s  429: {res['n_429']}  5xx: {res['n_5xx']}", flush=True)
     finally:
         if proc is not None:
             proc.terminate()
