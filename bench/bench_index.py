@@ -28,6 +28,14 @@ when it is not trained yet -- same cost, which the output says):
 
 Writes ``bench/results/index.json`` and prints a Markdown table for
 ``bench/README.md``.
+
+OpenMP's threads spin while they wait; on a machine whose cores are busy
+with other work that costs 5-8x in wall time for small batches (measured:
+a cold fc6 request took 1.9 s with 2 spinning threads, 0.4 s with 1 thread,
+0.55 s with 2 passive ones, the CPU time the same ~0.27 s for the last two).
+So this benchmark sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment
+already sets it (the value used is recorded in the JSON); the server should
+run the same way on a shared machine.
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see the docstring
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
@@ -197,7 +207,8 @@ def main() -> int:
     layers = index_layers(module, meta.input_size)
     res = {"model": meta.name, "trained": trained, "data": str(root), "split": a.split, "images": n,
            "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
+           "cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "load_average_at_start": os.getloadavg()[0]}
 
     print(f"model {meta.name} ({'trained' if trained else 'random weights, same architecture'}), "
           f"{n} {a.split} images, {torch.get_num_threads()} threads", flush=True)
@@ -246,7 +257,8 @@ def table(res: dict) -> str:
               if ap["estimate"] else "")
     lines = [
         f"model `{res['model']}` ({'trained' if res['trained'] else 'random weights, same architecture'}), "
-        f"{res['images']} {res['split']} images, {res['torch_threads']} torch threads, {res['cpus']} CPUs "
+        f"{res['images']} {res['split']} images, {res['torch_threads']} torch threads "
+        f"(OMP_WAIT_POLICY={res['omp_wait_policy']}), {res['cpus']} CPUs "
         f"(1-min load average {res['load_average_at_start']:.1f} at the start, {res['load_average_at_end']:.1f} "
         f"at the end: other work shares these CPUs)",
         "",
