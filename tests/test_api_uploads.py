@@ -107,6 +107,13 @@ def test_size_is_counted_while_streaming_not_from_content_length(client, first):
     still_fine(client, first)
 
 
+def test_other_parts_count_toward_the_body_limit(client, first, sample_image):
+    r = client.post("/api/images", files={"file": ("a.png", encode(sample_image.resize((8, 8)), "PNG"), "image/png"),
+                                          "junk": ("j.bin", b"\x00" * 1_400_000, "application/octet-stream")})
+    assert r.status_code == 413 and r.json()["detail"].endswith("in the request body")
+    still_fine(client, first)
+
+
 def test_malformed_requests(client, first, sample_image):
     r = client.post("/api/images", files={"picture": ("a.png", encode(sample_image, "PNG"), "image/png")})
     assert r.status_code == 422 and r.json()["detail"] == "upload: expected a multipart field named 'file', got none"

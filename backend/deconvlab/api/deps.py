@@ -167,10 +167,13 @@ async def read_upload(request: Request, field_name: str = "file") -> tuple[bytes
         "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
         "on_part_data": on_part_data, "on_part_end": on_part_end})
     received = 0
+    body_cap = limit + (1 << 20)  # the whole body: the file plus at most 1 MiB of other parts and headers
     hard_cap = 4 * limit + (1 << 20)
     try:
         async for chunk in request.stream():
             received += len(chunk)
+            if received > body_cap:
+                size[1] = True
             if size[1]:
                 if received > hard_cap:
                     break
@@ -181,7 +184,8 @@ async def read_upload(request: Request, field_name: str = "file") -> tuple[bytes
     except FormParserError as e:
         raise Unprocessable(f"upload: malformed multipart body ({e})") from None
     if size[1]:
-        raise TooLarge(f"upload too large: expected at most {limit} bytes, got more than {limit}")
+        raise TooLarge(f"upload too large: expected at most {limit} bytes, got more than {limit}"
+                       + ("" if size[0] > limit else " in the request body"))
     if "done" not in found:
         raise Unprocessable(f"upload: expected a multipart field named {field_name!r}, got none")
     return b"".join(chunks), found.get("filename", "")
