@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/bench_projection.py [--reps 5] [--layers conv1 conv5 fc6] [--units 64] [--threads 1]
 
+One thread by default (``--threads``): on a machine whose cores are busy
+elsewhere, two OpenMP threads make every small op wait for a time slice and the
+timings turn to noise (a forward pass went from 40 ms to 516 ms here).
+
 Model: a half-width ZFNet (``ZFNetConfig(width=0.5, fc_size=1024, num_classes=10,
 norm="none")``, He-initialised random weights, seed 0) at 224 px, one input
 image, on the CPU. Captum (``pip install captum``; the ``bench`` extra) is a
@@ -74,7 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each measurement (medians)")
     ap.add_argument("--layers", nargs="*", default=["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"])
     ap.add_argument("--units", type=int, default=64, help="units in the batched call")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a busy machine OpenMP barriers swamp the timings; "
+                         "0: torch's default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "projection.json"))
     a = ap.parse_args(argv)
     if a.threads:
