@@ -11,6 +11,7 @@ Nothing here depends on training or on the Imagenette data.
   ``DECONVLAB_MODELS`` at it for one test.
 * ``small_net`` / ``small_record``: a CPU ``Net`` over the checkpoint and the
   record of ``sample_image`` (a deterministic 256x200 RGB picture).
+* ``one_torch_thread``: run a module's tests with one torch thread.
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ def make_sample_image(width: int = 256, height: int = 200, seed: int = 0) -> Ima
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
     img += rng.normal(0, 12, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``).
+
+    On a machine whose cores are busy elsewhere, two OpenMP threads make every
+    op wait for a time slice (several times slower); one thread is predictable.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from conftest import small_zfnet_module
 from deconvlab.net import Net
 from deconvlab.nets import ZFNetConfig, zfnet
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_load_by_registry_name_and_by_path(models_env, small_checkpoint):
     net = deconvlab.load("zfnet-imagenette", device="cpu")

@@ -21,6 +21,8 @@ from deconvlab.nets import ModelMeta, ZFNetConfig, zfnet
 from deconvlab.nets.torchvision_nets import alexnet, vgg16
 from deconvlab.net import Net
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # ------------------------------------------------------------------ 1. hand-set tiny net
 #
 # input 1x5x5 -> conv1 (1 filter 3x3, pad 1, bias -1) -> relu1 -> pool1 (3x3, stride 2, ceil) -> 2x2

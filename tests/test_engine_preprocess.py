@@ -10,6 +10,8 @@ from PIL import Image
 from deconvlab.nets import ModelMeta
 from deconvlab.nets.registry import IMAGENET_MEAN, IMAGENET_STD
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _images():
     rng = np.random.default_rng(0)

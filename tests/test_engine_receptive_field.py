@@ -18,6 +18,8 @@ from conftest import he_init
 from deconvlab.nets import ModelMeta, ZFNetConfig, feature_sizes, zfnet
 from deconvlab.net import Net
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def zf(width=0.25, norm="none", seed=0, positive=False) -> Net:
     cfg = ZFNetConfig(num_classes=10, width=width, fc_size=64, norm=norm)
