@@ -49,6 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP; see the docstring
@@ -101,8 +102,7 @@ def bench_scan(module, layers, images: np.ndarray, mean, std, batch_size: int) -
                     t_fwd += time.perf_counter() - t0
                 else:
                     v, acts = scan_values(module, x, layers)  # what build_index does per batch
-                    tk.update(v.numpy(), idx, lambda u, b: argmax_positions(acts, layers, u, b),
-                              np.zeros(len(x), np.uint64))
+                    tk.update(v.numpy(), idx, partial(argmax_positions, acts, layers), np.zeros(len(x), np.uint64))
                     del acts
                     t_scan += time.perf_counter() - t0
             n += len(x)
@@ -183,6 +183,9 @@ def bench_all_projections(idx: TopKIndex, units: int = 0, units_per_batch: int =
             "estimate": any(timed[L] < idx.layer_info(L)["units"] for L in idx.layers)}
 
 
+PARTS = ("scan", "build", "units", "projections")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="ImageFolder root (default: DECONVLAB_DATA)")
@@ -194,8 +197,17 @@ def main() -> int:
     ap.add_argument("--projection-units", type=int, default=64,
                     help="time the projections of the first N units of each layer and extrapolate (0: all units)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    ap.add_argument("--index", default="", help="an index already built for this model and data, used by "
+                                                "units/projections instead of building one (build is skipped)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "index.json"))
     a = ap.parse_args()
+    parts = [p for p in a.parts.split(",") if p]
+    bad = sorted(set(parts) - set(PARTS))
+    if bad:
+        ap.error(f"--parts: expected some of {list(PARTS)}, got {bad}")
+    if a.index and "build" in parts:
+        parts.remove("build")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
 
@@ -206,38 +218,43 @@ def main() -> int:
     n = min(a.limit or len(sp), len(sp))
     layers = index_layers(module, meta.input_size)
     res = {"model": meta.name, "trained": trained, "data": str(root), "split": a.split, "images": n,
-           "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-           "load_average_at_start": os.getloadavg()[0]}
+           "parts": parts, "torch_threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_at_start": os.getloadavg()[0]}
 
     print(f"model {meta.name} ({'trained' if trained else 'random weights, same architecture'}), "
           f"{n} {a.split} images, {torch.get_num_threads()} threads", flush=True)
-    images = decoded(sp, meta.input_size, progress=True)[:n]
-    res["scan"] = bench_scan(module, layers, images, meta.mean, meta.std, a.batch_size)
-    print(json.dumps(res["scan"]), flush=True)
+    if "scan" in parts:
+        images = decoded(sp, meta.input_size, progress=True)[:n]
+        res["scan"] = bench_scan(module, layers, images, meta.mean, meta.std, a.batch_size)
+        print(json.dumps(res["scan"]), flush=True)
 
-    # the build reads a subset through a symlinked ImageFolder when --limit is given
     with tempfile.TemporaryDirectory(prefix="bench-index-") as tmp:
-        data = root
-        if n < len(sp):
-            data = Path(tmp) / "data"
-            for rel in sp.files[:n]:
-                (data / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(root / rel, data / rel)
-        t0 = time.perf_counter()
-        out = build_index(net, data, a.split, out=Path(tmp) / "index", k=9, batch_size=a.batch_size,
-                          workers=a.workers, progress=True)
-        wall = time.perf_counter() - t0
-        res["build"] = {"images": n, "wall_s": wall, "images_per_s": n / wall, "workers": a.workers}
-        print(json.dumps(res["build"]), flush=True)
-
-        idx = TopKIndex.open(out, net=net, data_root=data)
-        res["units"] = bench_units(idx, a.units_per_layer)
-        for layer, r in res["units"].items():
-            print(layer, json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}),
-                  flush=True)
-        res["all_projections"] = bench_all_projections(idx, a.projection_units)
-        res["all_projections"]["units"] = sum(r["units"] for r in res["units"].values())
+        data, out = root, Path(a.index) if a.index else None
+        if out is None and ({"build", "units", "projections"} & set(parts)):
+            if n < len(sp):  # a subset, through a symlinked ImageFolder
+                data = Path(tmp) / "data"
+                for rel in sp.files[:n]:
+                    (data / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(root / rel, data / rel)
+            t0 = time.perf_counter()
+            out = build_index(net, data, a.split, out=Path(tmp) / "index", k=9, batch_size=a.batch_size,
+                              workers=a.workers, progress=True)
+            wall = time.perf_counter() - t0
+            if "build" in parts:
+                res["build"] = {"images": n, "wall_s": wall, "images_per_s": n / wall, "workers": a.workers}
+                print(json.dumps(res["build"]), flush=True)
+        if out is not None:
+            idx = TopKIndex.open(out, net=net, data_root=data)
+            res["index_images"] = idx.num_images
+        if "units" in parts:
+            res["units"] = bench_units(idx, a.units_per_layer)
+            for layer, r in res["units"].items():
+                print(layer, json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}),
+                      flush=True)
+        if "projections" in parts:
+            res["all_projections"] = bench_all_projections(idx, a.projection_units)
+            res["all_projections"]["units"] = sum(idx.layer_info(L)["units"] for L in idx.layers)
 
     res["load_average_at_end"] = os.getloadavg()[0]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -247,14 +264,6 @@ def main() -> int:
 
 
 def table(res: dict) -> str:
-    s, b = res["scan"], res["build"]
-    cold = max(r["cold_ms_max"] for r in res["units"].values())
-    warm = max(r["warm_ms_max"] for r in res["units"].values())
-    cold_med = max(r["cold_ms_median"] for r in res["units"].values())
-    warm_med = max(r["warm_ms_median"] for r in res["units"].values())
-    ap = res["all_projections"]
-    scaled = (f" (per layer, the first {max(ap['timed_units'].values())} units timed and scaled to all)"
-              if ap["estimate"] else "")
     lines = [
         f"model `{res['model']}` ({'trained' if res['trained'] else 'random weights, same architecture'}), "
         f"{res['images']} {res['split']} images, {res['torch_threads']} torch threads "
@@ -264,28 +273,43 @@ def table(res: dict) -> str:
         "",
         "| measure | value | target |",
         "|---|---|---|",
-        f"| plain forward | {s['forward_images_per_s']:.1f} img/s | |",
-        f"| activation scan (+ top-k update) | {s['scan_images_per_s']:.1f} img/s | |",
-        f"| scan / forward throughput | **{s['scan_over_forward']:.2f}x** | >= 0.8x |",
-        f"| `build_index` end to end (decode in {b['workers']} workers) | {b['images_per_s']:.1f} img/s, "
-        f"{b['wall_s']:.0f} s | |",
-        f"| cold unit request (entries + 9 patches + 9 projections): slowest layer's median / slowest unit "
-        f"| **{cold_med:.0f} / {cold:.0f} ms** | <= 300 ms |",
-        f"| warm unit request: slowest layer's median / slowest unit | **{warm_med:.1f} / {warm:.1f} ms** "
-        f"| <= 20 ms |",
-        f"| projections of every unit's top-9 ({ap['units']} units, {ap['units_per_batch']} units per batch) "
-        f"| {ap['seconds']:.0f} s{scaled} | |",
-        "",
-        "| layer | units | cold median / max ms | cold CPU ms, median | warm median / max ms "
-        "| cold / warm with PNG, median ms | all projections s (units timed) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for layer, r in res["units"].items():
-        lines.append(f"| {layer} | {r['units']} | {r['cold_ms_median']:.0f} / {r['cold_ms_max']:.0f} | "
-                     f"{r['cold_cpu_ms_median']:.0f} | "
-                     f"{r['warm_ms_median']:.1f} / {r['warm_ms_max']:.1f} | "
-                     f"{r['cold_png_ms_median']:.0f} / {r['warm_png_ms_median']:.1f} | "
-                     f"{ap['per_layer_s'][layer]:.0f} ({ap['timed_units'][layer]}) |")
+    if "scan" in res:
+        s = res["scan"]
+        lines += [f"| plain forward | {s['forward_images_per_s']:.1f} img/s | |",
+                  f"| activation scan (+ top-k update) | {s['scan_images_per_s']:.1f} img/s | |",
+                  f"| scan / forward throughput | **{s['scan_over_forward']:.2f}x** | >= 0.8x |"]
+    if "build" in res:
+        b = res["build"]
+        lines.append(f"| `build_index` end to end (decode in {b['workers']} workers) | {b['images_per_s']:.1f} img/s, "
+                     f"{b['wall_s']:.0f} s | |")
+    u = res.get("units", {})
+    if u:
+        cold = max(r["cold_ms_max"] for r in u.values())
+        warm = max(r["warm_ms_max"] for r in u.values())
+        cold_med = max(r["cold_ms_median"] for r in u.values())
+        warm_med = max(r["warm_ms_median"] for r in u.values())
+        lines += [f"| cold unit request (entries + 9 patches + 9 projections): slowest layer's median / slowest "
+                  f"unit | **{cold_med:.0f} / {cold:.0f} ms** | <= 300 ms |",
+                  f"| warm unit request: slowest layer's median / slowest unit | **{warm_med:.1f} / {warm:.1f} ms** "
+                  f"| <= 20 ms |"]
+    ap = res.get("all_projections")
+    if ap:
+        scaled = (f" (per layer, the first {max(ap['timed_units'].values())} units timed and scaled to all)"
+                  if ap["estimate"] else "")
+        lines.append(f"| projections of every unit's top-9 ({ap['units']} units, {ap['units_per_batch']} units "
+                     f"per batch) | {ap['seconds']:.0f} s{scaled} | |")
+    if u or ap:
+        lines += ["", "| layer | units | cold median / max ms | cold CPU ms, median | warm median / max ms "
+                      "| cold / warm with PNG, median ms | all projections s (units timed) |",
+                  "|---|---|---|---|---|---|---|"]
+        for layer in (u or ap["per_layer_s"]):
+            r = u.get(layer)
+            cells = (f"{r['units']} | {r['cold_ms_median']:.0f} / {r['cold_ms_max']:.0f} | "
+                     f"{r['cold_cpu_ms_median']:.0f} | {r['warm_ms_median']:.1f} / {r['warm_ms_max']:.1f} | "
+                     f"{r['cold_png_ms_median']:.0f} / {r['warm_png_ms_median']:.1f}") if r else " | | | |"
+            proj = f"{ap['per_layer_s'][layer]:.0f} ({ap['timed_units'][layer]})" if ap else ""
+            lines.append(f"| {layer} | {cells} | {proj} |")
     return "\n".join(lines)
 
 

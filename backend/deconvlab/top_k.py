@@ -85,6 +85,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -565,9 +566,9 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
             with torch.inference_mode():
                 for x, idx, sha in loader:
                     v, acts = scan_values(module, x.to(device, non_blocking=True), layers)
-                    tk.update(v.numpy(), idx.numpy(), lambda u, b: argmax_positions(acts, layers, u, b),
+                    tk.update(v.numpy(), idx.numpy(), partial(argmax_positions, acts, layers),
                               sha.numpy().view(np.uint64))
-                    del acts
+                    del acts  # the maps of this batch
                     done += 1
                     scanned += len(idx)
                     bar.update(len(idx))
