@@ -55,6 +55,11 @@ train: install
 evaluate: install
 	$(VENV)/bin/deconvlab evaluate --model zfnet-imagenette --split val
 
+# The top-k index of the default model on val (what `make run` builds on its first start);
+# resumes a killed build. Several processes: .venv/bin/torchrun --nproc_per_node N -m deconvlab.cli index ...
+index: install
+	$(VENV)/bin/deconvlab index --model zfnet-imagenette --split val
+
 bench: install
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run_all.py
