@@ -19,7 +19,9 @@ from torch import nn
 from deconvlab.data import list_split, load_rgb, resize_crop
 from deconvlab.nets import ModelMeta, ZFNetConfig, zfnet
 from deconvlab.top_k import (StaleIndexError, TopK, TopKIndex, build_index, default_index_path, index_layers,
-                             index_status, model_sha256, scan, scan_values, shard_batches, argmax_positions)
+                             argmax_positions, index_status, model_sha256, scan, scan_values, shard_batches)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # predictable on a busy machine (tests/conftest.py)
 
 # ------------------------------------------------------------ a hand-set model with a known answer
 #
