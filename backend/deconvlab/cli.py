@@ -360,7 +360,8 @@ def add_transfer(sub) -> None:
                    help="class folders the features are trained on (default: the first half); the rest are the target")
     p.add_argument("--shots", nargs="*", type=int, default=[5, 15, 30], help="training images per target class")
     p.add_argument("--scratch-steps", type=int, default=300, help="SGD steps of each from-scratch run")
-    p.add_argument("--layer", default="fc7", help="the frozen layer under the new softmax")
+    p.add_argument("--layers", nargs="*", default=["fc7"],
+                   help="frozen layers to put a new softmax on, one probe each (the paper: fc7)")
     p.add_argument("--weight-decay-softmax", type=float, default=1e-2, help="L2 penalty of the new softmax")
     p.add_argument("--work", default="runs/transfer", help="folder of the views and the pretraining run")
     _dataclass_args(p, TrainConfig, skip=("out", "progress"))
@@ -387,17 +388,18 @@ def _transfer(a) -> int:
     if not model:
         view = make_view(root, work / "source", src)
         cfg = dataclasses.replace(base, data=str(view), out=str(work / "pretrain"), progress=a.progress)
-        res = train(cfg)
-        model = res["checkpoint"]
-        pretrain = {"classes": src, "val_top1": res.get("val", {}).get("top1"), "wall_s": round(res["wall_s"], 1),
+        model = train(cfg)["checkpoint"]  # a finished run in --work is reused, not trained again
+        log = [json.loads(ln) for ln in (work / "pretrain" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        pretrain = {"classes": src, "val_top1": [r for r in log if "val_top1" in r][-1]["val_top1"],
+                    "wall_s": round(sum(r["epoch_s"] for r in log), 1),
                     "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "progress")}}
     target = make_view(root, work / "target", tgt)
-    table = transfer(model, target, a.shots, base, a.scratch_steps, a.layer, a.weight_decay_softmax, base.seed,
+    table = transfer(model, target, a.shots, base, a.scratch_steps, a.layers, a.weight_decay_softmax, base.seed,
                      work, progress=a.progress)
     write_transfer(table, a.out, {"args": _plain_args(a), "pretraining": pretrain,
                                   "source_classes": src, "wall_s": round(time.time() - t0, 1)})
     print(json.dumps({"table": str(Path(a.out) / "transfer.md"),
-                      "top1": {r["per_class"]: {"pretrained": round(r["pretrained"]["top1"], 4),
+                      "top1": {r["per_class"]: {**{L: round(r["pretrained"][L]["top1"], 4) for L in a.layers},
                                                 "scratch": round(r["scratch"]["top1"], 4)} for r in table["rows"]}}))
     return 0
 
@@ -436,6 +438,13 @@ def _serve(a) -> int:
 COMMANDS.append(add_serve)
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["serve"]:
+        # A server shares its cores with its clients: OpenMP threads that spin while idle
+        # slowed a cold request 3x on a busy 2-core machine. Must be set before torch loads.
+        import os
+
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(prog="deconvlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
