@@ -104,16 +104,18 @@ def test_transfer_command_end_to_end(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     rc = main(["transfer", "--data", str(data), "--work", str(work), "--out", str(out), "--shots", "1", "3",
                "--scratch-steps", "4", "--epochs", "2", "--batch-size", "5", "--width", "0.125",
-               "--fc-size", "16", "--input-size", "64", "--no-progress"])
+               "--fc-size", "16", "--input-size", "64", "--layers", "fc7", "conv5", "--no-progress"])
     assert rc == 0
     res = json.loads((out / "transfer.json").read_text())
     assert res["source_classes"] == ["c0", "c1"] and res["target_classes"] == ["c2", "c3"]
     assert res["class_overlap"] == [] and res["val_images"] == 6
-    assert res["pretraining"]["recipe"]["epochs"] == 2
+    assert res["pretraining"]["recipe"]["epochs"] == 2 and 0 <= res["pretraining"]["val_top1"] <= 1
     assert [r["per_class"] for r in res["rows"]] == [1, 3]
     assert [r["train_images"] for r in res["rows"]] == [2, 6]
+    assert res["layers"] == ["fc7", "conv5"]
     for r in res["rows"]:
-        assert 0 <= r["pretrained"]["top1"] <= 1 and 0 <= r["scratch"]["top1"] <= 1
+        assert 0 <= r["pretrained"]["fc7"]["top1"] <= 1 and 0 <= r["scratch"]["top1"] <= 1
+        assert r["pretrained"]["fc7"]["features"] == 16 and r["pretrained"]["conv5"]["features"] > 16
         assert r["scratch"]["steps"] == 4
     # the pretrained net saw only the source classes
     assert json.loads((work / "pretrain" / "config.json").read_text())["data"] == str(work / "source")

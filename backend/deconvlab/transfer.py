@@ -244,22 +244,29 @@ def train_from_scratch(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray
 # ------------------------------------------------------------------ the whole table
 
 def transfer(pretrained: str | Path, target_root: str | Path, shots: Sequence[int] = (5, 15, 30),
-             scratch: TrainConfig | None = None, scratch_steps: int = 300, layer: str = "fc7",
+             scratch: TrainConfig | None = None, scratch_steps: int = 300, layers: Sequence[str] = ("fc7",),
              weight_decay: float = 1e-2, seed: int = 0, work: str | Path = "runs/transfer",
              progress: bool = True) -> dict:
     """Table 4: for each N in ``shots``, the frozen ``pretrained`` net with a new softmax against the same
     architecture trained from scratch, both on N images per class of ``target_root``'s train split,
     both scored on its whole val split.
 
-    ``scratch`` is the recipe for the from-scratch net (default: the pretrained net's architecture with
-    ``TrainConfig``'s defaults); its ``width``, ``fc_size``, ``drop_layers``, first layer and
+    ``layers``: the frozen layers a new softmax is put on, one probe each (the paper: fc7; lower layers
+    show how far down the features stay general). ``scratch`` is the recipe for the from-scratch net
+    (default: ``TrainConfig``'s); its ``width``, ``fc_size``, ``drop_layers``, first layer and
     ``input_size`` are taken from the pretrained net so the architectures match.
     """
     from tqdm import tqdm
 
     from .net import Net
 
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers: expected at least one layer to put a softmax on, got none")
     net = Net.load(str(pretrained), device="cpu")
+    bad = [L for L in layers if L not in net.layers]
+    if bad:
+        raise KeyError(f"unknown layer: expected some of {net.layers}, got {bad}")
     cfg = net.meta.config
     base = scratch or TrainConfig()
     base = replace(base, width=cfg.get("width", base.width), fc_size=cfg.get("fc_size", base.fc_size),
@@ -272,7 +279,7 @@ def transfer(pretrained: str | Path, target_root: str | Path, shots: Sequence[in
     overlap = sorted(set(classes) & set(net.meta.class_ids or []))
     val_images = decoded(val, size, progress=progress)
     val_targets = np.asarray(val.targets)
-    val_feats = features(net, val_images, layer, progress=progress)
+    val_feats = {L: features(net, val_images, L, progress=progress) for L in layers}
     rows = []
     work = Path(work)
     for n in tqdm(list(shots), desc="transfer", unit="N", disable=not progress):
@@ -282,46 +289,54 @@ def transfer(pretrained: str | Path, target_root: str | Path, shots: Sequence[in
         tr = list_split(view, "train")
         tr_images = decoded(tr, size, progress=False, indices=np.arange(len(tr)))
         tr_targets = np.asarray(tr.targets)
-        t0 = time.time()
-        probe = linear_probe(net, tr_images, tr_targets, val_images, val_targets, len(classes), layer,
-                             weight_decay, val_features=val_feats)
-        probe["wall_s"] = round(time.time() - t0, 1)
+        probes = {}
+        for L in layers:
+            t0 = time.time()
+            probes[L] = linear_probe(net, tr_images, tr_targets, val_images, val_targets, len(classes), L,
+                                     weight_decay, val_features=val_feats[L])
+            probes[L]["features"] = int(val_feats[L].shape[1])
+            probes[L]["wall_s"] = round(time.time() - t0, 1)
         scr = train_from_scratch(replace(base, seed=seed), tr_images, tr_targets, len(classes), scratch_steps,
                                  val_images, val_targets, progress=progress)
-        rows.append({"per_class": n, "train_images": len(tr), "pretrained": probe, "scratch": scr})
+        rows.append({"per_class": n, "train_images": len(tr), "pretrained": probes, "scratch": scr})
     return {"pretrained_model": str(pretrained), "pretrained_classes": list(net.meta.class_ids or []),
-            "target_classes": list(classes), "class_overlap": overlap, "layer": layer,
+            "target_classes": list(classes), "class_overlap": overlap, "layers": layers,
             "weight_decay": weight_decay, "val_images": int(len(val)), "seed": seed,
             "scratch_recipe": {k: v for k, v in asdict(base).items() if k not in ("data", "out", "progress")},
             "scratch_steps": scratch_steps, "rows": rows}
 
 
 def table_markdown(table: dict) -> str:
-    """Table 4 as Markdown."""
-    lines = ["| images per class | pretrained, new softmax on fc7 | from scratch |", "|---:|---:|---:|"]
+    """Table 4 as Markdown: a column per frozen layer, then the from-scratch net."""
+    layers = table["layers"]
+    lines = ["| images per class | " + " | ".join(f"pretrained, frozen up to {L} + new softmax" for L in layers)
+             + " | from scratch |", "|---:|" + "---:|" * (len(layers) + 1)]
     for r in table["rows"]:
-        lines.append(f"| {r['per_class']} | {100 * r['pretrained']['top1']:.1f}% | {100 * r['scratch']['top1']:.1f}% |")
+        cells = [f"{100 * r['pretrained'][L]['top1']:.1f}%" for L in layers]
+        lines.append(f"| {r['per_class']} | " + " | ".join(cells) + f" | {100 * r['scratch']['top1']:.1f}% |")
     return "\n".join(lines) + "\n"
 
 
 def transfer_figure(table: dict, path: str | Path | None = None):
-    """Top-1 on the target val split against images per class, pretrained vs from scratch."""
+    """Top-1 on the target val split against images per class: each frozen layer + softmax, and from scratch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ns = [r["per_class"] for r in table["rows"]]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(ns, [100 * r["pretrained"]["top1"] for r in table["rows"]], "o-", label=f"pretrained ({table['layer']} frozen) + softmax")
-    ax.plot(ns, [100 * r["scratch"]["top1"] for r in table["rows"]], "s--", label="same net from scratch")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for L in table["layers"]:
+        ax.plot(ns, [100 * r["pretrained"][L]["top1"] for r in table["rows"]], "o-",
+                label=f"pretrained, frozen up to {L} + softmax")
+    ax.plot(ns, [100 * r["scratch"]["top1"] for r in table["rows"]], "s--", color="black", label="same net from scratch")
     ax.axhline(100 / max(len(table["target_classes"]), 1), color="grey", lw=0.8, ls=":", label="chance")
     ax.set_xlabel("training images per class")
     ax.set_ylabel("val top-1 (%)")
     ax.set_ylim(0, 100)
     ax.set_xticks(ns)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=100)
