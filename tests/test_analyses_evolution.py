@@ -115,6 +115,17 @@ def test_snapshot_scan_keeps_the_first_strongest_image_across_batches():
     assert sc.strongest("conv1", 0) == (3.0, 1, (4, 5)) and sc.strongest("conv1", 1) == (5.0, 0, (2, 3))
 
 
+def test_a_saved_scan_is_reused_only_for_the_same_images(toy_run, toy_data, tmp_path):
+    ev = build_evolution(toy_run, toy_data, "val", n=0).scan()
+    path = ev.save(tmp_path / "scan.npz")
+    again = build_evolution(toy_run, toy_data, "val", n=0)
+    assert again.key == ev.key and again.load_scans(path) and again.scanned
+    assert [s.to_dict() for s in again.unit("conv1", 0)] == [s.to_dict() for s in ev.unit("conv1", 0)]
+    other = build_evolution(toy_run, toy_data, "val", n=2, seed=1)
+    assert other.key != ev.key and not other.load_scans(path) and not other.scanned
+    assert not other.load_scans(tmp_path / "missing.npz")
+
+
 def test_evolution_checks_its_input(toy_run, toy_data):
     ev = build_evolution(toy_run, toy_data, "val", n=2, seed=3)
     assert len(ev.image_indices) == 2 and not ev.scanned
@@ -228,6 +239,12 @@ def test_evolution_route_and_projection_pngs(toy_models, toy_data, tmp_path):
         for url, (code, words) in bad.items():
             r = c.get(url)
             assert r.status_code == code and words in r.json()["detail"], (url, r.text)
+    saved = list((tmp_path / "evolution").glob("*.npz"))
+    assert len(saved) == 1  # one scan (toy, n=3, seed 0), kept for the next server
+    written = saved[0].stat().st_mtime_ns
+    with api_client(toy_models, str(toy_data), tmp_path) as c:
+        assert c.get("/api/layers/conv1/units/0/evolution?model=toy").json()["snapshots"] == snaps
+    assert saved[0].stat().st_mtime_ns == written  # loaded, not scanned and written again
     with api_client(toy_models, "", tmp_path) as c:
         r = c.get("/api/layers/conv1/units/0/evolution?model=toy")
         assert r.status_code == 503 and "no data set" in r.json()["detail"]

@@ -230,6 +230,7 @@ class Evolution:
         self.image_indices = np.asarray(image_indices, dtype=np.int64)
         self.load = load
         self.batch_size = batch_size
+        self.key = ""  # names the scan for save/load_scans (build_evolution sets it)
         self.scans = {e: SnapshotScan.empty(e, index_layers(n.module, self.input_size)) for e, n in self.nets}
 
     @property
@@ -270,6 +271,37 @@ class Evolution:
                           disable=not progress):
             self.scan_batch(first)
         return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the finished scans to ``path`` (``.npz``, atomically) for ``load_scans``."""
+        import os
+
+        if not self.scanned:
+            raise ValueError("save: expected a finished scan (call scan first)")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"image_indices": self.image_indices, "epochs": np.asarray(self.epochs)}
+        for e, sc in self.scans.items():
+            arrays.update({f"value_{e}": sc.value, f"row_{e}": sc.row, f"position_{e}": sc.position})
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def load_scans(self, path: str | Path) -> bool:
+        """Take the scans from a ``save`` file when it is for the same epochs, images and units; True if so."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        with np.load(path, allow_pickle=False) as z:
+            if (z["epochs"].tolist() != self.epochs
+                    or not np.array_equal(z["image_indices"], self.image_indices)
+                    or any(z[f"value_{e}"].shape != sc.value.shape for e, sc in self.scans.items())):
+                return False
+            for e, sc in self.scans.items():
+                sc.value[:], sc.row[:], sc.position[:] = z[f"value_{e}"], z[f"row_{e}"], z[f"position_{e}"]
+                sc.scanned = len(self.image_indices)
+        return True
 
     def unit(self, layer: str, unit: int) -> list[EvolutionStep]:
         """The unit's strongest activation at every snapshot, oldest first."""
@@ -374,12 +406,29 @@ def write_evolution(ev: Evolution, units: Sequence[tuple[str, int]], out: str | 
     return numbers
 
 
-def build_evolution(model: str | Path, data: str | Path, split: str = "val", n: int = 500, seed: int = 0,
+def scan_key(paths: Sequence[tuple[int, Path]], split: Split, n: int, seed: int) -> str:
+    """sha256 naming one scan: the snapshots' bytes, the split's listing, ``n`` and ``seed``
+    (a saved scan is reused only for exactly these)."""
+    import hashlib
+
+    from .data import file_digest
+
+    h = hashlib.sha256()
+    for epoch, path in paths:
+        h.update(f"{epoch}:{file_digest(Path(path))}|".encode())
+    h.update(f"{split.name}|{split.listing_hash()}|{n}|{seed}".encode())
+    return h.hexdigest()
+
+
+def build_evolution(model: str | Path, data: str | Path, split: str | Split = "val", n: int = 500, seed: int = 0,
                     device: str = "cpu", batch_size: int = 64, root: Path | None = None) -> Evolution:
     """Every snapshot of ``model`` and a fixed subset of ``n`` images of ``data/split``, not yet scanned
-    (call ``.scan()``). The CLI's and the API's way in."""
-    nets = load_snapshots(snapshot_paths(model, root), device=device)
+    (call ``.scan()``, or ``.load_scans()`` a saved one: ``.key`` names it). The CLI's and the API's way in."""
+    paths = snapshot_paths(model, root)
+    nets = load_snapshots(paths, device=device)
     meta = nets[0][1].meta
     sp = split if isinstance(split, Split) else list_split(data, split)
     idx = subset_indices(len(sp), n, seed)
-    return Evolution(nets, idx, image_loader(sp, meta.input_size, meta.mean, meta.std), batch_size=batch_size)
+    ev = Evolution(nets, idx, image_loader(sp, meta.input_size, meta.mean, meta.std), batch_size=batch_size)
+    ev.key = scan_key(paths, sp, n, seed)
+    return ev

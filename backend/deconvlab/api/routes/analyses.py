@@ -9,7 +9,11 @@ receptive field, as the top-k projections are).
 The first request for a model (and ``n``, ``seed``) loads its snapshots and
 scans the subset once through all of them (``evolution.Evolution``); the scan
 runs on the inference thread one batch per job, so other requests are served
-in between, and concurrent requests wait for the same scan. Afterwards any
+in between, and concurrent requests wait for the same scan. The finished scan
+is saved under the server's state folder (``evolution/<key>.npz``, keyed by
+the snapshots' bytes, the data listing, ``n`` and ``seed``), so a restarted
+server only loads the snapshots (about 20 s of scanning for the default model
+and 500 images on two CPU cores, against well under a second). Afterwards any
 unit of any layer is a lookup; a projection is one forward pass and one
 deconvnet pass. The last ``KEEP`` scanned models are kept.
 
@@ -110,8 +114,11 @@ async def _evolution(state, slot, n: int, seed: int):
                                            device=state.settings.device, root=state.settings.models_path())
 
             ev = await state.runner.run(build)
-            for first in ev.batches():  # one job per batch: other requests get the thread in between
-                await state.runner.run(ev.scan_batch, first)
+            saved = state.settings.state_dir() / "evolution" / f"{ev.key[:24]}.npz"
+            if not await state.runner.run(ev.load_scans, saved):
+                for first in ev.batches():  # one job per batch: other requests get the thread in between
+                    await state.runner.run(ev.scan_batch, first)
+                await state.runner.run(ev.save, saved)
             entry.ev = ev
     return entry
 
