@@ -34,10 +34,17 @@ from .switches import Record, record_forward
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else the CPU."""
-    if str(device) == "auto":
+    """``"auto"``: CUDA when present, else the CPU; ``"cuda"`` without CUDA is an error."""
+    name = str(device)
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return dev
 
 
 def _has_conv_bn(module: nn.Sequential) -> bool:

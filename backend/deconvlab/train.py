@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Split, decoded, list_split
+from .net import pick_device
 from .nets import ModelMeta, ZFNetConfig, fold_batchnorm, save_checkpoint, zfnet
 from .nets.registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -86,16 +87,6 @@ class TrainConfig:
     def snapshot_epochs(self) -> set[int]:
         s = {int(e) for e in self.snapshots.split(",") if e.strip() and int(e) <= self.epochs}
         return s | {self.epochs}
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda', got {name!r}")
-    return torch.device(name)
 
 
 @torch.no_grad()
