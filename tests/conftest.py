@@ -16,6 +16,7 @@ Nothing here depends on training or on the Imagenette data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -142,3 +143,49 @@ def small_net(small_checkpoint):
 @pytest.fixture(scope="session")
 def small_record(small_net, sample_image):
     return small_net.forward(small_net.preprocess(sample_image))
+
+
+@contextlib.contextmanager
+def live_server(env: dict, workdir: Path, timeout: float = 60.0):
+    """Run ``deconvlab serve`` as a real uvicorn process on a free 127.0.0.1 port; yield its base URL.
+
+    Waits for ``/api/health``; fails the test with the server's log if it dies or
+    does not answer in ``timeout`` seconds; terminates it (then kills) at the end.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = Path(workdir) / "server.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "deconvlab.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning"],
+                            env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"server did not answer /api/health:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

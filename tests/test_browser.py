@@ -20,16 +20,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import live_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
@@ -43,12 +41,6 @@ pytestmark = [
 ]
 
 TIMEOUT_MS = 20_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_imagefolder(root: Path) -> Path:
@@ -131,31 +123,8 @@ def server(tmp_path_factory):
             mp.setenv(key, env[key])
         build_index("zfnet-imagenette", data, "val", k=9, batch_size=16, workers=0, progress=False)
 
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "deconvlab.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            pytest.fail(f"server did not answer /api/health:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with live_server(env, root) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,13 +12,8 @@ from PIL import Image
 from deconvlab.client import ApiError, Client
 from deconvlab.occlusion import occlusion
 from deconvlab.top_k import build_index, default_index_path
+from conftest import live_server
 from test_api_top import MODEL, make_dataset
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,34 +33,12 @@ def server(small_models_dir, small_net, tmp_path_factory):
             os.environ.pop("DECONVLAB_CACHE")
         else:
             os.environ["DECONVLAB_CACHE"] = old
-    port = free_port()
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deconvlab.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    client = Client(url, timeout=60)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if client.health() == {"status": "ok"}:
-                    break
-            except Exception:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"server did not start: {(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield client, data
-    finally:
-        client.close()
-        proc.terminate()
+    with live_server(env, tmp, timeout=120) as url:
+        client = Client(url, timeout=60)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+            yield client, data
+        finally:
+            client.close()
 
 
 def test_live_round_trip(server, sample_image, small_net, small_record, tmp_path):
