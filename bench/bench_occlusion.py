@@ -45,23 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-from deconvlab.nets import ZFNetConfig, zfnet  # noqa: E402
+from deconvlab.nets import ZFNetConfig, he_init, zfnet  # noqa: E402
 from deconvlab.occlusion import occlusion  # noqa: E402
-
-
-def he_init(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
-    return model
 
 
 def captum_from_ours(prob: np.ndarray, base: float, size: int, stride: int, hw: tuple[int, int]) -> np.ndarray:

@@ -43,23 +43,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
 from deconvlab.net import Net  # noqa: E402
-from deconvlab.nets import ModelMeta, ZFNetConfig, zfnet  # noqa: E402
-
-
-def he_init(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
-    return model
+from deconvlab.nets import ModelMeta, ZFNetConfig, he_init, zfnet  # noqa: E402
 
 
 def build_net() -> Net:

@@ -27,36 +27,9 @@ from PIL import Image
 from torch import nn
 
 from deconvlab.data import IMAGENETTE_LABELS
-from deconvlab.nets import ModelMeta, ZFNetConfig, save_checkpoint, zfnet
+from deconvlab.nets import ModelMeta, ZFNetConfig, he_init, save_checkpoint, zfnet  # noqa: F401 (he_init: re-exported to tests)
 
 SMALL_CONFIG = dict(num_classes=10, width=0.25, fc_size=128, norm="none")
-
-
-def he_init(model: nn.Module, seed: int = 0, bias: float = 0.05) -> nn.Module:
-    """He-normal weights and small random biases from ``seed`` (in place).
-
-    Tensors over a million entries (VGG's and AlexNet's fc layers) are filled by
-    tiling one block of 2**20 + 7 normal draws from a random start: drawing
-    100M normals costs seconds on two cores, a copy does not, and the odd
-    period lines up with no row, channel or spatial position.
-    """
-    g = torch.Generator().manual_seed(seed)
-    block = torch.randn(2 ** 20 + 7, generator=g)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                std = (2.0 / m.weight[0].numel()) ** 0.5
-                n = m.weight.numel()
-                if n <= block.numel():
-                    w = torch.randn(m.weight.shape, generator=g)
-                else:
-                    start = int(torch.randint(block.numel(), (1,), generator=g))
-                    reps = -(-(n + start) // block.numel())
-                    w = block.repeat(reps)[start:start + n].view(m.weight.shape)
-                m.weight.copy_(w * std)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * bias)
-    return model
 
 
 def fast_build(builder, *args, seed: int = 0, **kwargs) -> nn.Module:

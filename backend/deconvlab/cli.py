@@ -28,6 +28,14 @@ def _dataclass_args(p: argparse.ArgumentParser, cls, skip=()) -> None:
             p.add_argument(flag, dest=f.name, type=type(default), default=default)
 
 
+def _train_config(a, skip=()):
+    """The TrainConfig that a subcommand's dataclass flags (``_dataclass_args``) describe."""
+    from .train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(skip)
+    return TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
+
+
 # ------------------------------------------------------------------ train
 
 def add_train(sub) -> None:
@@ -40,10 +48,9 @@ def add_train(sub) -> None:
 
 def _train(a) -> int:
     from .data import data_root
-    from .train import TrainConfig, train
+    from .train import train
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields})
+    cfg = _train_config(a)
     if not cfg.data:
         cfg.data = str(data_root())
     res = train(cfg)
@@ -338,10 +345,8 @@ def _ablation(a) -> int:
 
     from .ablation import ablation, write_ablation
     from .data import data_root
-    from .train import TrainConfig
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "out"})
+    base = _train_config(a, skip=("out",))
     base.data = base.data or str(data_root())
     t0 = time.time()
     table = ablation(base, a.variants, a.work, progress=a.progress)
@@ -374,11 +379,10 @@ def _transfer(a) -> int:
     import time
 
     from .data import data_root, list_split
-    from .train import TrainConfig, train
+    from .train import train
     from .transfer import class_split, make_view, transfer, write_transfer
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    base = TrainConfig(**{k: v for k, v in vars(a).items() if k in fields and k != "out"})
+    base = _train_config(a, skip=("out",))
     root = a.data or str(data_root())
     work = Path(a.work)
     src, tgt = class_split(list_split(root, "train").class_ids, a.source_classes or None)

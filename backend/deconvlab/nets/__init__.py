@@ -2,8 +2,8 @@
 
 from .registry import (ARCHS, DEFAULT_MODEL, ModelMeta, build, layer_map, load_checkpoint, model_names,
                        models_dir, read_registry, register_arch, resolve, save_checkpoint)
-from .zfnet import ZFNetConfig, feature_sizes, fold_batchnorm, zfnet
+from .zfnet import ZFNetConfig, feature_sizes, fold_batchnorm, he_init, zfnet
 
 __all__ = ["ARCHS", "DEFAULT_MODEL", "ModelMeta", "ZFNetConfig", "build", "feature_sizes", "layer_map",
-           "fold_batchnorm", "load_checkpoint", "model_names", "models_dir", "read_registry",
+           "fold_batchnorm", "he_init", "load_checkpoint", "model_names", "models_dir", "read_registry",
            "register_arch", "resolve", "save_checkpoint", "zfnet"]
