@@ -56,7 +56,8 @@ ReLU masks and switches are gathered from the record at each item's offset.
 While the signal still lives in a single channel per item (from the seed down to
 the first conv or linear layer), it is kept as one channel and that layer uses
 only the seeded unit's filter (or weight row). Windows that grow past their map
-are cut back to it. Transposed convolutions onto the 3 colours run as a
+are cut back to it; whole maps (fc and map seeds) run the padded transposed
+conv directly. Transposed convolutions onto the 3 colours run as a
 polyphase forward convolution (``conv_transpose``).
 
 Assumptions: a flat ``nn.Sequential`` of the children listed above, eval mode,
@@ -200,14 +201,20 @@ def fit(sig: Signal) -> Signal:
     return _recrop(sig, oy, ox, nh, nw)
 
 
-def place(sig: Signal) -> torch.Tensor:
-    """Windows -> full maps (K, C, H, W), cropping what lies outside."""
+def place(sig: Signal, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Windows -> full maps (K, C, H, W), cropping what lies outside; written into ``out``
+    (zeros of that shape) when given."""
     sig = sig.dense()
-    h, w = sig.g.shape[-2:]
-    if (h, w) == (sig.H, sig.W) and bool((sig.oy == 0).all()) and bool((sig.ox == 0).all()):
-        return sig.g
-    zeros = torch.zeros_like(sig.oy)
-    return _recrop(sig, zeros, zeros, sig.H, sig.W).g
+    K, C, h, w = sig.g.shape
+    if out is None:
+        if (h, w) == (sig.H, sig.W) and bool((sig.oy == 0).all()) and bool((sig.ox == 0).all()):
+            return sig.g.contiguous()
+        out = sig.g.new_zeros((K, C, sig.H, sig.W))
+    for k, (y0, x0) in enumerate(zip(sig.oy.tolist(), sig.ox.tolist())):
+        a, b, c, d = max(y0, 0), min(y0 + h, sig.H), max(x0, 0), min(x0 + w, sig.W)
+        if a < b and c < d:
+            out[k, :, a:b, c:d] = sig.g[k, :, a - y0:b - y0, c - x0:d - x0]
+    return out
 
 
 # ------------------------------------------------------------------ backward rules
@@ -290,6 +297,16 @@ def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Sig
             g = g.reshape(K, weight.shape[1], g.shape[-2], g.shape[-1])
     else:
         sig = sig.dense()
+        h, w = sig.g.shape[-2:]
+        if (h, w) == (sig.H, sig.W) and not bool(sig.oy.any()) and not bool(sig.ox.any()):
+            # whole maps (fc and map seeds): the padded transposed conv gives the input map directly
+            out_pad = [n - ((s - 1) * st - 2 * p + d * (k - 1) + 1) for n, s, st, p, d, k in
+                       zip((Hin, Win), (h, w), geo.stride, geo.padding, geo.dilation, geo.kernel)]
+            if all(0 <= op < max(st, d) for op, st, d in zip(out_pad, geo.stride, geo.dilation)):
+                g = F.conv_transpose2d(sig.g, weight, stride=m.stride, padding=m.padding, output_padding=out_pad,
+                                       dilation=m.dilation, groups=m.groups)
+                zeros = torch.zeros_like(sig.oy)
+                return Signal(g, sig.n, zeros, zeros, Hin, Win, None, g.shape[1])
         g = conv_transpose(sig.g, weight, m.stride, m.dilation, m.groups)
     oy = sig.oy * geo.stride[0] - geo.padding[0]
     ox = sig.ox * geo.stride[1] - geo.padding[1]
@@ -474,8 +491,9 @@ def peak_elements(children: list[tuple[str, nn.Module]], start: int, rec: Record
 
 @torch.no_grad()
 def backward(children: list[tuple[str, nn.Module]], start: int, sig: Signal, rec: Record,
-             method: str) -> torch.Tensor:
-    """Run ``sig`` (the signal at child ``start``'s output) down to the input: (K, C_in, H, W)."""
+             method: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``sig`` (the signal at child ``start``'s output) down to the input: (K, C_in, H, W),
+    written into ``out`` (zeros of that shape) when given."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
     for i in range(start, -1, -1):
@@ -483,4 +501,4 @@ def backward(children: list[tuple[str, nn.Module]], start: int, sig: Signal, rec
         sig = rule_for(m)(m, name, sig, rec, method)
     if not sig.spatial:
         raise ValueError("deconvnet: the signal reached the input as a vector; expected an image input")
-    return place(sig)
+    return place(sig, out)

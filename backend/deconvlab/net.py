@@ -210,17 +210,19 @@ class Net:
         groups: dict[str, list[int]] = {}
         for k, it in enumerate(items):
             groups.setdefault(it[0], []).append(k)
-        out: torch.Tensor | None = None
+        out = rec.input.new_zeros((len(items),) + tuple(rec.input.shape[1:]))
         for child, ks in groups.items():
             i = self._child_index[child]
             per_item = deconvnet.peak_elements(self._children, i, rec, seed)
             step = max(1, min(self.max_batch, deconvnet.CHUNK_ELEMENTS // per_item))
             for i in range(0, len(ks), step):
                 part = ks[i:i + step]
-                res = self._project_group(rec, child, [items[k] for k in part], method, seed)
-                if out is None:
-                    out = res.new_empty((len(items),) + tuple(res.shape[1:]))
-                out[torch.tensor(part, device=res.device)] = res
+                if part[-1] - part[0] == len(part) - 1:  # consecutive items: written in place
+                    self._project_group(rec, child, [items[k] for k in part], method, seed,
+                                        out[part[0]:part[-1] + 1])
+                else:
+                    res = self._project_group(rec, child, [items[k] for k in part], method, seed)
+                    out[torch.tensor(part, device=out.device)] = res
         return out
 
     def _check_item(self, rec: Record, item: Sequence, seed: str) -> tuple:
@@ -260,7 +262,8 @@ class Net:
             raise ValueError(f"rec: expected a record that reaches {child}, got one that does not")
         return rec.outputs[child]
 
-    def _project_group(self, rec: Record, child: str, items: list[tuple], method: str, seed: str) -> torch.Tensor:
+    def _project_group(self, rec: Record, child: str, items: list[tuple], method: str, seed: str,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
         act = self._output(rec, child)
         dev = act.device
         n = torch.tensor([it[3] for it in items], dtype=torch.long, device=dev)
@@ -274,7 +277,7 @@ class Net:
                 ys[g] = torch.tensor([items[k][2][0] for k in given], dtype=torch.long, device=dev)
                 xs[g] = torch.tensor([items[k][2][1] for k in given], dtype=torch.long, device=dev)
         sig = deconvnet.seed_signal(act, n, units, ys, xs, seed)
-        return deconvnet.backward(self._children, self._child_index[child], sig, rec, method)
+        return deconvnet.backward(self._children, self._child_index[child], sig, rec, method, out)
 
     @staticmethod
     def strongest(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
