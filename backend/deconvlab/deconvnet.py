@@ -60,6 +60,11 @@ are cut back to it; whole maps (fc and map seeds) run the padded transposed
 conv directly. Transposed convolutions onto the 3 colours run as a
 polyphase forward convolution (``conv_transpose``).
 
+Below a max pool, on the CPU, the three rules "unpool, rectify, filter" run as
+one sparse step (``deconv_layer``): the unpooled map is about a quarter
+non-zero and rectification halves that, so that step only touches the values
+kept. It gives the same windows as the rules here, up to float rounding.
+
 Assumptions: a flat ``nn.Sequential`` of the children listed above, eval mode,
 the record of ``switches.record_forward`` for the same model.
 """
@@ -72,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import deconv_layer
 from .receptive_field import Window
 from .switches import Record
 
@@ -464,7 +470,8 @@ def peak_elements(children: list[tuple[str, nn.Module]], start: int, rec: Record
 
     Batches are cut so that K times this stays under ``CHUNK_ELEMENTS``: buffers
     over 32 MB are fresh ``mmap`` pages for the C allocator on every call, and
-    their page faults can cost more than the arithmetic.
+    their page faults can cost more than the arithmetic. The unpooled maps that
+    ``deconv_layer`` never makes (a pool and its ReLU) do not count.
     """
     nxt = children[start + 1][0] if start + 1 < len(children) else None
     out = rec.in_shapes[nxt] if nxt in rec.in_shapes else tuple(rec.logits.shape[1:])
@@ -472,8 +479,11 @@ def peak_elements(children: list[tuple[str, nn.Module]], start: int, rec: Record
     if len(out) == 3:
         h, w = ((1, 1) if seed == "point" else out[1:])
     peak = 1
+    unmade: set[int] = set()
     for i in range(start, -1, -1):
         name, m = children[i]
+        if isinstance(m, nn.MaxPool2d) and deconv_layer.fuses(children, i):
+            unmade.update((i, i - 1))
         shape = rec.in_shapes[name]
         if len(shape) != 3:
             peak, h, w = max(peak, shape[0]), None, None
@@ -485,7 +495,8 @@ def peak_elements(children: list[tuple[str, nn.Module]], start: int, rec: Record
             geo = Window.of(m)
             h = min((h - 1) * geo.stride[0] + geo.extent(0), Hin + geo.extent(0))
             w = min((w - 1) * geo.stride[1] + geo.extent(1), Win + geo.extent(1))
-        peak = max(peak, C * h * w)
+        if i not in unmade:
+            peak = max(peak, C * h * w)
     return peak
 
 
@@ -496,9 +507,15 @@ def backward(children: list[tuple[str, nn.Module]], start: int, sig: Signal, rec
     written into ``out`` (zeros of that shape) when given."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
-    for i in range(start, -1, -1):
+    i = start
+    while i >= 0:
+        if deconv_layer.applies(children, i, sig, rec):  # unpool, rectify, filter as one sparse step
+            sig = deconv_layer.unpool_rectify_filter(children, i, sig, rec, method)
+            i -= 3
+            continue
         name, m = children[i]
         sig = rule_for(m)(m, name, sig, rec, method)
+        i -= 1
     if not sig.spatial:
         raise ValueError("deconvnet: the signal reached the input as a vector; expected an image input")
     return place(sig, out)

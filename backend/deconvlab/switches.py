@@ -53,6 +53,17 @@ class Record:
             self._rows[name] = torch.div(self.switches[name], win, rounding_mode="floor")
         return self._rows[name]
 
+    def switch_yx(self, name: str) -> torch.Tensor:
+        """Each switch of pool ``name`` as (row, column) of the pool's input, int32
+        (N, C, H_out * W_out, 2), computed once."""
+        key = name + "/yx"
+        if key not in self._rows:
+            sw = self.switches[name]
+            win = self.in_shapes[name][-1]
+            yx = torch.stack([torch.div(sw, win, rounding_mode="floor"), sw % win], -1)
+            self._rows[key] = yx.to(torch.int32).reshape(sw.shape[0], sw.shape[1], -1, 2).contiguous()
+        return self._rows[key]
+
     def __len__(self) -> int:
         return int(self.input.shape[0])
 

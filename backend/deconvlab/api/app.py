@@ -74,6 +74,10 @@ def load_models(state: AppState) -> None:
             log.error("model %s failed to load: %s", name, slot.error)
             continue
         open_index(state, slot)
+    if any(slot.net is not None and slot.net.device.type == "cpu" for slot in state.models.values()):
+        from .. import deconv_layer
+
+        state.runner.call(deconv_layer.warm_up)  # so the first projection asked for does not compile it
 
 
 def _load_net(name: str, root: Path, device: str):
