@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 # Serves at once; on the first start the top-k index of the data set is built in the
 # background (/api/ready says "building"), later starts open it.
 run: install
-	$(VENV)/bin/deconvlab serve --host $(HOST) --port $(PORT) --build-index --build-index
+	$(VENV)/bin/deconvlab serve --host $(HOST) --port $(PORT) --build-index
 
 # Debian's Chromium for the browser tests (never a browser download).
 browser-deps:
