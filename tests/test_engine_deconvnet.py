@@ -6,6 +6,8 @@
    try/finally), on ZFNet (LRN and none), AlexNet and VGG-16 with random weights,
    for conv, pool and fc layers, all three methods, point and map seeds.
    For ``backprop`` no rule is replaced at all: it must be the plain gradient.
+   Each runs twice: with ``deconv_layer``'s sparse step below the max pools (the
+   CPU's default) and with the three dense rules there (the GPU's route).
 """
 
 from __future__ import annotations
@@ -262,8 +264,20 @@ def _image(size: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(params=["sparse", "dense"])
+def route(request, monkeypatch):
+    """Both routes below each max pool: ``deconv_layer``'s sparse step (the CPU default) and the
+    three dense rules (the GPU's route, and the CPU's without Numba)."""
+    from deconvlab import deconv_layer
+
+    if request.param == "sparse" and not deconv_layer.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(deconv_layer, "ENABLED", request.param == "sparse")
+    return request.param
+
+
 @pytest.mark.parametrize("norm", ["lrn", "none"])
-def test_zfnet_equals_autograd(norm):
+def test_zfnet_equals_autograd(norm, route):
     cfg = ZFNetConfig(num_classes=10, width=0.25, fc_size=64, norm=norm)
     net = Net(he_init(zfnet(cfg), seed=3), ModelMeta(arch="zfnet", config=cfg.to_dict()))
     items = [("conv1", 5, (0, 109), "point"), ("conv2", 0, None, "point"), ("conv2", 3, None, "map"),
@@ -272,14 +286,14 @@ def test_zfnet_equals_autograd(norm):
     check_against_autograd(net, _image(224), items)
 
 
-def test_alexnet_equals_autograd():
+def test_alexnet_equals_autograd(route):
     net = Net(fast_build(alexnet, 10), ModelMeta(arch="alexnet", config={"num_classes": 10}))
     items = [("conv1", 7, (54, 1), "point"), ("pool2", 3, None, "map"), ("conv5", 0, None, "point"),
              ("fc7", 1, None, "point")]
     check_against_autograd(net, _image(224, 1), items)
 
 
-def test_vgg16_equals_autograd_with_a_non_identity_avgpool():
+def test_vgg16_equals_autograd_with_a_non_identity_avgpool(route):
     net = Net(fast_build(vgg16, 10), ModelMeta(arch="vgg16", config={"num_classes": 10}, input_size=64))
     x = _image(64, 2)
     # at 64 px the features end at 2x2 and the adaptive pool spreads them to 7x7

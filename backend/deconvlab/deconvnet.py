@@ -339,7 +339,8 @@ def _maxpool(m: nn.MaxPool2d, name: str, sig: Signal, rec: Record, method: str) 
     base = oy * wi + ox
     idx = gather_window(rec.switches[name], sig, h, w, fill=base.tolist())
     if wi != Win:
-        local = gather_window(rec.switch_rows(name), sig, h, w, fill=0)
+        rows = rec.switch_yx(name)[..., 0].view(rec.switches[name].shape)
+        local = gather_window(rows, sig, h, w, fill=0).long()
         local.mul_(wi - Win).add_(idx).sub_(base.view(K, 1, 1, 1))
     else:
         local = idx.sub_(base.view(K, 1, 1, 1))

@@ -44,25 +44,17 @@ class Record:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # normalisation child -> its input
     in_shapes: dict[str, tuple] = field(default_factory=dict)  # child -> input shape without N
     has_switches: bool = True
-    _rows: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def switch_rows(self, name: str) -> torch.Tensor:
-        """The input row of each switch of pool ``name`` (``switches // W_in``), computed once."""
-        if name not in self._rows:
-            win = self.in_shapes[name][-1]
-            self._rows[name] = torch.div(self.switches[name], win, rounding_mode="floor")
-        return self._rows[name]
+    _yx: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def switch_yx(self, name: str) -> torch.Tensor:
         """Each switch of pool ``name`` as (row, column) of the pool's input, int32
-        (N, C, H_out * W_out, 2), computed once."""
-        key = name + "/yx"
-        if key not in self._rows:
+        (N, C, H_out * W_out, 2), computed once (the projections' unpooling reads it)."""
+        if name not in self._yx:
             sw = self.switches[name]
             win = self.in_shapes[name][-1]
             yx = torch.stack([torch.div(sw, win, rounding_mode="floor"), sw % win], -1)
-            self._rows[key] = yx.to(torch.int32).reshape(sw.shape[0], sw.shape[1], -1, 2).contiguous()
-        return self._rows[key]
+            self._yx[name] = yx.to(torch.int32).reshape(sw.shape[0], sw.shape[1], -1, 2).contiguous()
+        return self._yx[name]
 
     def __len__(self) -> int:
         return int(self.input.shape[0])
