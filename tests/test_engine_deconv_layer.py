@@ -197,3 +197,15 @@ def test_two_threads_give_the_one_thread_answer():
     finally:
         torch.set_num_threads(1)
     assert torch.equal(one, two)  # items split between threads: each item's sums in the same order
+
+
+def test_warm_up_compiles_the_kernel_and_leaves_the_random_state(monkeypatch):
+    monkeypatch.setattr(deconv_layer, "ENABLED", False)
+    assert deconv_layer.warm_up() is False
+    monkeypatch.setattr(deconv_layer, "ENABLED", True)
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    assert deconv_layer.warm_up() is True
+    assert deconv_layer._compiled is not None
+    assert torch.equal(torch.rand(3), want)

@@ -66,27 +66,26 @@ RULES = {"deconv": 0, "guided": 1, "backprop": 2}
 LANES = 8  # a filter's tap rows are padded to a multiple of this many floats (whole vector registers)
 
 
-def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
-    """Whether children ``i-2, i-1, i`` are ``Conv2d, ReLU, MaxPool2d`` that this step can run on ``sig``."""
-    if not (ENABLED and HAVE_NUMBA) or i < 2 or not sig.spatial:
-        return False
-    (_, conv), (relu_name, relu), (pool_name, pool) = children[i - 2:i + 1]
-    return (isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU) and isinstance(conv, nn.Conv2d)
-            and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and pool_name in rec.switches and relu_name in rec.outputs
-            and sig.g.device.type == "cpu" and sig.g.dtype == torch.float32
-            and conv.weight.dtype == torch.float32 and rec.outputs[relu_name].dtype == torch.float32)
-
-
 def fuses(children: list[tuple[str, nn.Module]], i: int) -> bool:
-    """Whether ``applies`` can hold at child ``i`` for a CPU float32 signal (the types alone):
-    the unpooled map of child ``i`` is then never made (``deconvnet.peak_elements``)."""
+    """Whether children ``i-2, i-1, i`` are ``Conv2d, ReLU, MaxPool2d`` this step can run (the
+    modules alone: a plain zero-padded float32 conv on the CPU, no groups)."""
     if not (ENABLED and HAVE_NUMBA) or i < 2:
         return False
     (_, conv), (_, relu), (_, pool) = children[i - 2:i + 1]
     return (isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU) and isinstance(conv, nn.Conv2d)
             and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32)
+
+
+def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
+    """Whether this step runs at child ``i`` for the signal ``sig`` (``fuses``, and a float32
+    spatial signal on the CPU with the record's switches and ReLU outputs at hand)."""
+    if not sig.spatial or not fuses(children, i):
+        return False
+    relu_name, pool_name = children[i - 1][0], children[i][0]
+    return (pool_name in rec.switches and relu_name in rec.outputs
+            and sig.g.device.type == "cpu" and sig.g.dtype == torch.float32
+            and rec.outputs[relu_name].dtype == torch.float32)
 
 
 def _geometry(o: torch.Tensor, size: int, pool: Window, conv: Window, axis: int, n_pool_in: int,
@@ -112,6 +111,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deconv-layer")
         return _pool
 
@@ -186,8 +187,9 @@ def warm_up() -> bool:
     from .net import Net
     from .nets import ModelMeta
 
-    module = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 2, 3), relu1=nn.ReLU(), pool1=nn.MaxPool2d(3, 2),
-                                       conv2=nn.Conv2d(2, 2, 1)))
+    with torch.random.fork_rng(devices=[]):  # the layers' random init leaves the caller's generator alone
+        module = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 2, 3), relu1=nn.ReLU(),
+                                           pool1=nn.MaxPool2d(3, 2), conv2=nn.Conv2d(2, 2, 1)))
     net = Net(module, ModelMeta(arch="warm-up", input_size=9), device="cpu")
     with torch.no_grad():
         net.project(net.forward(torch.ones(1, 3, 9, 9)), "conv2", 0)
