@@ -60,6 +60,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
+from deconvlab import deconv_layer  # noqa: E402
 from deconvlab.data import data_root, decoded, list_split  # noqa: E402
 from deconvlab.top_k import (TopK, TopKIndex, argmax_positions, build_index, index_layers,  # noqa: E402
                              scan_values)
@@ -248,6 +249,10 @@ def main() -> int:
             idx = TopKIndex.open(out, net=net, data_root=data)
             res["index_images"] = idx.num_images
         if "units" in parts:
+            # the server compiles the sparse deconvnet step at start-up; a cold request does not pay for it
+            t0 = time.perf_counter()
+            deconv_layer.warm_up()
+            res["sparse_step_warm_up_s"] = time.perf_counter() - t0
             res["units"] = bench_units(idx, a.units_per_layer)
             for layer, r in res["units"].items():
                 print(layer, json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in r.items()}),
