@@ -207,8 +207,11 @@ def _kernel():
             import numba  # imported on first use: a plain ``import deconvlab`` stays quick
 
             # fastmath: only "contract" (fused multiply-add); the slices in the loops let them vectorise
-            _compiled = numba.njit(nogil=True, cache=True, boundscheck=False,
-                                   fastmath={"contract"})(_unpool_rectify_filter)
+            options = dict(nogil=True, boundscheck=False, fastmath={"contract"})
+            try:
+                _compiled = numba.njit(cache=True, **options)(_unpool_rectify_filter)
+            except RuntimeError:  # no writable cache folder (a read-only install, no home): compile each run
+                _compiled = numba.njit(**options)(_unpool_rectify_filter)
         return _compiled
 
 
