@@ -11,6 +11,7 @@ rule: values that share a maximum are added *before* they are rectified.
 
 from __future__ import annotations
 
+import random
 from collections import OrderedDict
 
 import pytest
@@ -209,3 +210,48 @@ def test_warm_up_compiles_the_kernel_and_leaves_the_random_state(monkeypatch):
     assert deconv_layer.warm_up() is True
     assert deconv_layer._compiled is not None
     assert torch.equal(torch.rand(3), want)
+
+
+def random_stack(rng: random.Random) -> tuple[Net, int]:
+    """1-3 stages of Conv2d (kernel 1-5, stride 1-3, dilation 1-2, padding up to the
+    dilated kernel) -> ReLU -> MaxPool2d (2 or 3, stride up to the kernel, padding,
+    ceil or floor), then a 1x1 conv and ReLU; the input 12-40 px."""
+    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    c, size = 3, rng.randint(12, 40)
+    H = size
+    for s in range(1, rng.randint(1, 3) + 1):
+        k, st, d = rng.randint(1, 5), rng.randint(1, 3), rng.choice([1, 1, 2])
+        conv = nn.Conv2d(c, rng.randint(2, 9), k, stride=st, padding=rng.randint(0, d * (k - 1)), dilation=d)
+        pk = rng.randint(2, 3)
+        pool = nn.MaxPool2d(pk, rng.randint(1, pk), padding=rng.randint(0, pk // 2), ceil_mode=rng.random() < 0.5)
+        span = H + 2 * conv.padding[0] - d * (k - 1)
+        if span < 3 * st:  # conv's map under 3 px: stop stacking
+            break
+        with torch.no_grad():
+            H = pool(conv(torch.zeros(1, c, H, H))).shape[-1]
+        layers[f"conv{s}"], layers[f"relu{s}"], layers[f"pool{s}"] = conv, nn.ReLU(), pool
+        c = conv.out_channels
+    layers["convt"], layers["relut"] = nn.Conv2d(c, 4, 1), nn.ReLU()
+    module = he_init(nn.Sequential(layers), seed=rng.randint(0, 999)).eval()
+    return Net(module, ModelMeta(arch="random", input_size=size)), size
+
+
+@pytest.mark.parametrize("trial", range(30))
+def test_random_stacks_sparse_equals_dense(trial, monkeypatch):
+    """Geometry fuzzing: random stacks, random units, positions and images, every method and seed."""
+    rng = random.Random(trial)
+    net, size = random_stack(rng)
+    rec = net.forward(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(trial)))
+    for method in METHODS:
+        for seed in ("point", "map"):
+            items = []
+            for layer in net.layers + net.pools:
+                act = net._output(rec, net._child(layer))
+                for _ in range(3):
+                    pos = None if seed == "map" or rng.random() < 0.3 else (rng.randrange(act.shape[2]),
+                                                                             rng.randrange(act.shape[3]))
+                    items.append((layer, rng.randrange(act.shape[1]), pos, rng.randrange(2)))
+            sparse, dense = both_routes(net, rec, items, method, seed, monkeypatch)
+            for k, item in enumerate(items):
+                scale = float(dense[k].abs().max())
+                assert float((sparse[k] - dense[k]).abs().max()) <= 1e-5 * max(scale, 1e-20), (trial, method, item)
