@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         "forward_ms": statistics.median(fwd) * 1e3,
         "layers": rows,
         "targets": {"ratio_one": 4.0, "ratio_many": 10.0},
-        "sparse_step": deconv_layer.HAVE_NUMBA,
+        "sparse_step": deconv_layer.available(),
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,10 @@ rule: values that share a maximum are added *before* they are rectified.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -19,25 +22,38 @@ import torch
 from torch import nn
 
 from conftest import fast_build, he_init
-from deconvlab import deconv_layer
+from deconvlab import deconv_layer, deconvnet
 from deconvlab.net import Net
 from deconvlab.nets import ModelMeta, ZFNetConfig, zfnet
 from deconvlab.nets.torchvision_nets import alexnet, vgg16
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
-              pytest.mark.skipif(not deconv_layer.HAVE_NUMBA, reason="numba is not installed")]
+              pytest.mark.skipif(not deconv_layer.available(), reason="numba is not installed")]
 
 METHODS = ("deconv", "guided", "backprop")
 
 
 def both_routes(net: Net, rec, items, method: str, seed: str, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sparse, dense) projections of ``items``; fails if the sparse step never ran."""
+    """(sparse, dense) projections of ``items``; fails if the sparse step never ran.
+
+    Each sparse step is also checked on the spot against the three dense rules run on
+    the same signal: the same windows (offsets and sizes) and the same values."""
     calls = []
     real = deconv_layer.unpool_rectify_filter
 
-    def spy(*args, **kwargs):
-        calls.append(args[0][args[1]][0])
-        return real(*args, **kwargs)
+    def spy(children, i, sig, rec, method):
+        calls.append(children[i][0])
+        got = real(children, i, sig, rec, method)
+        want = sig
+        for j in (i, i - 1, i - 2):
+            want = deconvnet.rule_for(children[j][1])(children[j][1], children[j][0], want, rec, method)
+        want = want.dense()
+        assert got.g.shape == want.g.shape, (children[i][0], got.g.shape, want.g.shape)
+        assert torch.equal(got.oy, want.oy) and torch.equal(got.ox, want.ox), children[i][0]
+        assert (got.H, got.W, got.units) == (want.H, want.W, None)
+        scale = float(want.g.abs().max())
+        assert float((got.g - want.g).abs().max()) <= 1e-5 * max(scale, 1e-20), children[i][0]
+        return got
 
     monkeypatch.setattr(deconv_layer, "unpool_rectify_filter", spy)
     sparse = net.project_many(rec, items, method=method, seed=seed)
@@ -255,3 +271,46 @@ def test_random_stacks_sparse_equals_dense(trial, monkeypatch):
             for k, item in enumerate(items):
                 scale = float(dense[k].abs().max())
                 assert float((sparse[k] - dense[k]).abs().max()) <= 1e-5 * max(scale, 1e-20), (trial, method, item)
+
+
+def test_a_numba_that_does_not_import_falls_back_to_the_dense_rules(tmp_path):
+    """A broken Numba install (here a stand-in that raises on import, as Numba does beside a
+    NumPy it does not support) must leave projections working: the dense rules run."""
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.2 or less. Got NumPy 9.9.")\n')
+    script = """
+import logging, torch
+logging.basicConfig(level=logging.WARNING)
+from collections import OrderedDict
+from torch import nn
+from deconvlab import deconv_layer
+from deconvlab.net import Net
+from deconvlab.nets import ModelMeta, he_init
+m = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 4, 3), relu1=nn.ReLU(), pool1=nn.MaxPool2d(3, 2),
+                              conv2=nn.Conv2d(4, 4, 1), relu2=nn.ReLU()))
+net = Net(he_init(m, seed=0).eval(), ModelMeta(arch="t", input_size=15))
+rec = net.forward(torch.randn(1, 3, 15, 15, generator=torch.Generator().manual_seed(0)))
+p = net.project(rec, "conv2", 1)
+assert deconv_layer.warm_up() is False and deconv_layer.available() is False
+assert p.shape == (3, 15, 15) and float(p.abs().max()) > 0
+print("dense fallback ok")
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "dense fallback ok" in r.stdout
+    assert "numba does not import (ImportError: Numba needs NumPy 2.2 or less" in r.stderr
+
+
+def test_a_pool_window_wholly_in_padding_is_a_clear_error():
+    # dilation 2, padding 1, ceil mode on a 1x1 map: PyTorch makes windows that see only
+    # padding (-inf, with a switch outside the map); unpooling them must not write past the map
+    module = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 2, 3), relu1=nn.ReLU(),
+                                       pool1=nn.MaxPool2d(3, 3, padding=1, dilation=2, ceil_mode=True),
+                                       conv2=nn.Conv2d(2, 2, 1), relu2=nn.ReLU()))
+    net = Net(he_init(module, seed=0).eval(), ModelMeta(arch="degenerate", input_size=3))
+    rec = net.forward(torch.randn(1, 3, 3, 3, generator=torch.Generator().manual_seed(0)))
+    assert bool(torch.isinf(rec.outputs["pool1"]).all())
+    with pytest.raises(ValueError, match="expected every max-pool window to overlap its 1x1 input"):
+        net.project_many(rec, [("pool1", 0, None)], seed="map")

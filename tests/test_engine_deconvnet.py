@@ -270,7 +270,7 @@ def route(request, monkeypatch):
     three dense rules (the GPU's route, and the CPU's without Numba)."""
     from deconvlab import deconv_layer
 
-    if request.param == "sparse" and not deconv_layer.HAVE_NUMBA:
+    if request.param == "sparse" and not deconv_layer.available():
         pytest.skip("numba is not installed")
     monkeypatch.setattr(deconv_layer, "ENABLED", request.param == "sparse")
     return request.param

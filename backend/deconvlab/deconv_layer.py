@@ -47,7 +47,7 @@ when Numba is missing or ``ENABLED`` is False.
 
 from __future__ import annotations
 
-import importlib.util
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -59,22 +59,44 @@ from torch import nn
 
 from .receptive_field import Window
 
+log = logging.getLogger(__name__)
+
 ENABLED = True  # False: always use the three dense rules (benchmarks and tests compare the two routes)
-HAVE_NUMBA = importlib.util.find_spec("numba") is not None  # a dependency; without it the dense rules run
 
 RULES = {"deconv": 0, "guided": 1, "backprop": 2}
 LANES = 8  # a filter's tap rows are padded to a multiple of this many floats (whole vector registers)
 
 
+_numba = None  # the numba module once imported; False where importing it failed
+_numba_lock = threading.Lock()
+
+
+def available() -> bool:
+    """Whether Numba imports here (tried once). It is a dependency, but a broken install (say a
+    NumPy newer than it supports) must not break projections: the dense rules run instead."""
+    global _numba
+    if _numba is not None:
+        return _numba is not False
+    with _numba_lock:
+        if _numba is None:
+            try:
+                import numba  # on first use: a plain ``import deconvlab`` stays quick
+                _numba = numba
+            except Exception as e:  # ImportError, or whatever a broken install raises
+                log.warning("numba does not import (%s: %s); projections use the dense rules", type(e).__name__, e)
+                _numba = False
+        return _numba is not False
+
+
 def fuses(children: list[tuple[str, nn.Module]], i: int) -> bool:
     """Whether children ``i-2, i-1, i`` are ``Conv2d, ReLU, MaxPool2d`` this step can run (the
-    modules alone: a plain zero-padded float32 conv on the CPU, no groups)."""
-    if not (ENABLED and HAVE_NUMBA) or i < 2:
+    modules alone: a plain zero-padded float32 conv on the CPU, no groups), and Numba imports."""
+    if not ENABLED or i < 2:
         return False
     (_, conv), (_, relu), (_, pool) = children[i - 2:i + 1]
     return (isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU) and isinstance(conv, nn.Conv2d)
             and conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-            and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32)
+            and conv.weight.device.type == "cpu" and conv.weight.dtype == torch.float32 and available())
 
 
 def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
@@ -88,32 +110,32 @@ def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
             and rec.outputs[relu_name].dtype == torch.float32)
 
 
-def _geometry(o: torch.Tensor, size: int, pool: Window, conv: Window, axis: int, n_pool_in: int,
-              n_conv_in: int) -> tuple[torch.Tensor, int, torch.Tensor, int]:
-    """Window offsets and sizes along one axis as the dense rules make them: at the pool's
-    input (the unpooled map) and at the conv's input (the output of this step)."""
+def _unpooled(o: torch.Tensor, size: int, pool: Window, axis: int, n: int) -> tuple[torch.Tensor, int]:
+    """Offsets and size of the unpooled windows along one axis, as ``deconvnet``'s pool rule
+    makes them (a window as large as the map becomes the map)."""
     o1 = o * pool.stride[axis] - pool.padding[axis]
     s1 = (size - 1) * pool.stride[axis] + pool.extent(axis)
-    if s1 >= n_pool_in:  # the pool rule: a window as large as the map becomes the map
-        o1, s1 = torch.zeros_like(o1), n_pool_in
+    return (torch.zeros_like(o1), n) if s1 >= n else (o1, s1)
+
+
+def _filtered(o1: torch.Tensor, s1: int, conv: Window, axis: int, n: int) -> tuple[torch.Tensor, int]:
+    """Offsets and size of the windows below the transposed conv, as its rule makes them
+    (``deconvnet.fit``: a window that reaches past the map becomes the map)."""
     o2 = o1 * conv.stride[axis] - conv.padding[axis]
     s2 = (s1 - 1) * conv.stride[axis] + conv.extent(axis)
-    if s2 >= n_conv_in:  # ``deconvnet.fit``
-        o2, s2 = torch.zeros_like(o2), n_conv_in
-    return o1, s1, o2, s2
+    return (torch.zeros_like(o2), n) if s2 >= n else (o2, s2)
 
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
+def _executor() -> ThreadPoolExecutor:
+    """One pool for the process, as wide as the machine (its threads start as work needs them)."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deconv-layer")
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="deconv-layer")
         return _pool
 
 
@@ -129,8 +151,14 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
     Hp, Wp = rec.switches[pool_name].shape[-2:]
     Cin, Hi, Wi = rec.in_shapes[conv_name]
     K, Cg, h, w = sig.g.shape
-    oy1, hi, oy2, h2 = _geometry(sig.oy, h, pw, cw, 0, Hc, Hi)
-    ox1, wi, ox2, w2 = _geometry(sig.ox, w, pw, cw, 1, Wc, Wi)
+    oy1, hi = _unpooled(sig.oy, h, pw, 0, Hc)
+    ox1, wi = _unpooled(sig.ox, w, pw, 1, Wc)
+    if (sig.units is None and (hi, wi) == (Hc, Wc) and not bool(oy1.any()) and not bool(ox1.any())
+            and cw.output_padding(Hc, Hi, 0) is not None and cw.output_padding(Wc, Wi, 1) is not None):
+        oy2, h2, ox2, w2 = torch.zeros_like(oy1), Hi, torch.zeros_like(ox1), Wi  # the conv rule's whole maps
+    else:
+        oy2, h2 = _filtered(oy1, hi, cw, 0, Hi)
+        ox2, w2 = _filtered(ox1, wi, cw, 1, Wi)
 
     weight = conv.weight.detach()
     C, _, kh, kw = weight.shape
@@ -171,7 +199,7 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
         run(0, K)
     else:
         cuts = [K * t // workers for t in range(workers + 1)]
-        for f in [_executor(workers).submit(run, cuts[t], cuts[t + 1]) for t in range(workers)]:
+        for f in [_executor().submit(run, cuts[t], cuts[t + 1]) for t in range(workers)]:
             f.result()
     # channels-last windows seen as (K, C, h, w): a view; the next step copies what it needs
     res = torch.from_numpy(out)[:, :, :w2 * Cin].view(K, h2, w2, Cin).permute(0, 3, 1, 2)
@@ -182,7 +210,7 @@ def warm_up() -> bool:
     """Compile the kernel now (or load it from Numba's cache), through a projection on a
     tiny net, so that the first real projection does not wait for it. False where the
     sparse step is off or Numba is missing."""
-    if not (ENABLED and HAVE_NUMBA):
+    if not (ENABLED and available()):
         return False
     from .net import Net
     from .nets import ModelMeta
@@ -204,8 +232,7 @@ def _kernel():
     global _compiled
     with _compile_lock:
         if _compiled is None:
-            import numba  # imported on first use: a plain ``import deconvlab`` stays quick
-
+            numba = _numba
             # fastmath: only "contract" (fused multiply-add); the slices in the loops let them vectorise
             options = dict(nogil=True, boundscheck=False, fastmath={"contract"})
             try:

@@ -306,9 +306,8 @@ def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Sig
         h, w = sig.g.shape[-2:]
         if (h, w) == (sig.H, sig.W) and not bool(sig.oy.any()) and not bool(sig.ox.any()):
             # whole maps (fc and map seeds): the padded transposed conv gives the input map directly
-            out_pad = [n - ((s - 1) * st - 2 * p + d * (k - 1) + 1) for n, s, st, p, d, k in
-                       zip((Hin, Win), (h, w), geo.stride, geo.padding, geo.dilation, geo.kernel)]
-            if all(0 <= op < max(st, d) for op, st, d in zip(out_pad, geo.stride, geo.dilation)):
+            out_pad = [geo.output_padding(h, Hin, 0), geo.output_padding(w, Win, 1)]
+            if None not in out_pad:
                 g = F.conv_transpose2d(sig.g, weight, stride=m.stride, padding=m.padding, output_padding=out_pad,
                                        dilation=m.dilation, groups=m.groups)
                 zeros = torch.zeros_like(sig.oy)

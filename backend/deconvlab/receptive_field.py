@@ -79,6 +79,14 @@ class Window:
     def extent(self, axis: int) -> int:
         return self.dilation[axis] * (self.kernel[axis] - 1) + 1
 
+    def output_padding(self, n_out: int, n_in: int, axis: int) -> int | None:
+        """The ``output_padding`` with which the padded transposed conv of a whole ``n_out``
+        map gives the whole ``n_in`` input map, or None where PyTorch cannot (it must be
+        below max(stride, dilation))."""
+        s, p, d = self.stride[axis], self.padding[axis], self.dilation[axis]
+        op = n_in - ((n_out - 1) * s - 2 * p + self.extent(axis))
+        return op if 0 <= op < max(s, d) else None
+
     def back(self, a: int, b: int, axis: int) -> tuple[int, int]:
         """Output interval [a, b) -> the input interval it sees (unclipped)."""
         s, p = self.stride[axis], self.padding[axis]

@@ -51,7 +51,10 @@ class Record:
         (N, C, H_out * W_out, 2), computed once (the projections' unpooling reads it)."""
         if name not in self._yx:
             sw = self.switches[name]
-            win = self.in_shapes[name][-1]
+            hin, win = self.in_shapes[name][-2:]
+            if sw.numel() and (int(sw.min()) < 0 or int(sw.max()) >= hin * win):
+                raise ValueError(f"{name}: expected every max-pool window to overlap its {hin}x{win} input, got "
+                                 f"one wholly in padding (switch index outside the map)")
             yx = torch.stack([torch.div(sw, win, rounding_mode="floor"), sw % win], -1)
             self._yx[name] = yx.to(torch.int32).reshape(sw.shape[0], sw.shape[1], -1, 2).contiguous()
         return self._yx[name]
