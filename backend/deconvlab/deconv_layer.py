@@ -37,12 +37,15 @@ against each other, and the engine's autograd cross-checks run through this
 step.
 
 The kernel is compiled by Numba on first use (about two seconds, then cached
-on disk: a quarter of a second in a new process). It runs on the CPU, for
+on disk: about 0.4 s in a new process; the server does it at start-up). The
+items of a batch are split between ``torch.get_num_threads()`` threads (the
+kernel releases the GIL; each item's sums run in the same order whatever the
+split, so the answer does not depend on the thread count). It runs on the CPU, for
 float32, where the forward pass has ``Conv2d -> ReLU -> MaxPool2d`` (plain
 zero-padded convolutions, no groups): conv1/conv2 of ZFNet and AlexNet (and
 conv5/pool5 for fc seeds), every stage of VGG-16. Anywhere else ``deconvnet``
 uses its dense rules (on a GPU those are the fast route anyway), as it does
-when Numba is missing or ``ENABLED`` is False.
+when Numba is missing or fails to import, or ``ENABLED`` is False.
 """
 
 from __future__ import annotations
