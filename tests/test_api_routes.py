@@ -346,3 +346,23 @@ def test_binds_loopback_by_default(monkeypatch):
     assert Settings().max_upload_bytes == 1234
     with pytest.raises(ValueError):
         Settings(device="tpu")
+
+
+def test_a_sparse_step_that_fails_to_compile_leaves_the_server_on_the_dense_rules(small_models_dir, tmp_path,
+                                                                                 sample_image, monkeypatch, caplog):
+    from deconvlab import deconv_layer
+
+    def broken():
+        raise RuntimeError("no LLVM for this CPU")
+
+    monkeypatch.setattr(deconv_layer, "warm_up", broken)
+    monkeypatch.setattr(deconv_layer, "ENABLED", True)
+    settings = Settings(models=str(small_models_dir), data_dir=str(tmp_path / "state"), data="", device="cpu",
+                        frontend_dir=str(tmp_path / "no-frontend"))
+    with caplog.at_level("ERROR", logger="deconvlab.api"), TestClient(create_app(settings)) as c:
+        assert deconv_layer.ENABLED is False
+        assert "the sparse deconvnet step failed to compile (RuntimeError: no LLVM for this CPU)" in caplog.text
+        r = c.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
+        image = r.json()["image_id"]
+        r = c.get(f"/api/images/{image}/layers/conv5/units/3/projection")
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"

@@ -77,7 +77,12 @@ def load_models(state: AppState) -> None:
     if any(slot.net is not None and slot.net.device.type == "cpu" for slot in state.models.values()):
         from .. import deconv_layer
 
-        state.runner.call(deconv_layer.warm_up)  # so the first projection asked for does not compile it
+        try:  # compile the sparse step now, so the first projection asked for does not wait for it
+            state.runner.call(deconv_layer.warm_up)
+        except Exception as e:  # a kernel that cannot compile here: serve with the dense rules
+            deconv_layer.ENABLED = False
+            log.error("the sparse deconvnet step failed to compile (%s: %s); using the dense rules",
+                      type(e).__name__, e)
 
 
 def _load_net(name: str, root: Path, device: str):
