@@ -134,10 +134,11 @@ def _rows(o: torch.Tensor, size: int, limit: int):
 
 
 def crop(t: torch.Tensor, n: torch.Tensor, units: torch.Tensor | None, oy: torch.Tensor, ox: torch.Tensor,
-         h: int, w: int, fill: float | list = 0) -> torch.Tensor:
+         h: int, w: int, fill: float | list = 0, out: torch.Tensor | None = None) -> torch.Tensor:
     """Per-item windows ``t[n[k], c, oy[k]:oy[k]+h, ox[k]:ox[k]+w]`` of ``t`` (N, C, H, W):
     (K, C|1, h, w), with ``fill`` (one value, or one per item) where a window lies
-    outside ``t``'s map.
+    outside ``t``'s map. Into ``out`` when given, which then already holds the fill
+    (only the parts inside ``t``'s map are written).
 
     Channels: all, or only ``units[k]`` (then the result has one channel).
     Copies one slice per item (a strided copy is several times cheaper than a
@@ -149,14 +150,17 @@ def crop(t: torch.Tensor, n: torch.Tensor, units: torch.Tensor | None, oy: torch
     ns, ys, xs = n.tolist(), oy.tolist(), ox.tolist()
     us = units.tolist() if units is not None else None
     fills = fill if isinstance(fill, list) else None
-    out = torch.empty((K, C, h, w), dtype=t.dtype, device=t.device)
+    filled = out is not None
+    if out is None:
+        out = torch.empty((K, C, h, w), dtype=t.dtype, device=t.device)
     for k in range(K):
         y0, x0 = ys[k], xs[k]
         a, b, c, d = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
         if a >= b or c >= d:
-            out[k].fill_(fills[k] if fills is not None else fill)
+            if not filled:
+                out[k].fill_(fills[k] if fills is not None else fill)
             continue
-        if (a, b, c, d) != (y0, y0 + h, x0, x0 + w):  # partly outside the map: fill the border strips
+        if not filled and (a, b, c, d) != (y0, y0 + h, x0, x0 + w):  # partly outside: fill the border strips
             v = fills[k] if fills is not None else fill
             out[k, :, :a - y0].fill_(v)
             out[k, :, b - y0:].fill_(v)
@@ -216,11 +220,9 @@ def place(sig: Signal, out: torch.Tensor | None = None) -> torch.Tensor:
         if (h, w) == (sig.H, sig.W) and bool((sig.oy == 0).all()) and bool((sig.ox == 0).all()):
             return sig.g.contiguous()
         out = sig.g.new_zeros((K, C, sig.H, sig.W))
-    for k, (y0, x0) in enumerate(zip(sig.oy.tolist(), sig.ox.tolist())):
-        a, b, c, d = max(y0, 0), min(y0 + h, sig.H), max(x0, 0), min(x0 + w, sig.W)
-        if a < b and c < d:
-            out[k, :, a:b, c:d] = sig.g[k, :, a - y0:b - y0, c - x0:d - x0]
-    return out
+    # the map as a window of each item's window (offset -oy, -ox): the window's parts inside the map
+    k = torch.arange(K, device=sig.g.device)
+    return crop(sig.g, k, None, -sig.oy, -sig.ox, sig.H, sig.W, out=out)
 
 
 # ------------------------------------------------------------------ backward rules
