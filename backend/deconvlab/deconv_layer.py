@@ -113,22 +113,6 @@ def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
             and rec.outputs[relu_name].dtype == torch.float32)
 
 
-def _unpooled(o: torch.Tensor, size: int, pool: Window, axis: int, n: int) -> tuple[torch.Tensor, int]:
-    """Offsets and size of the unpooled windows along one axis, as ``deconvnet``'s pool rule
-    makes them (a window as large as the map becomes the map)."""
-    o1 = o * pool.stride[axis] - pool.padding[axis]
-    s1 = (size - 1) * pool.stride[axis] + pool.extent(axis)
-    return (torch.zeros_like(o1), n) if s1 >= n else (o1, s1)
-
-
-def _filtered(o1: torch.Tensor, s1: int, conv: Window, axis: int, n: int) -> tuple[torch.Tensor, int]:
-    """Offsets and size of the windows below the transposed conv, as its rule makes them
-    (``deconvnet.fit``: a window that reaches past the map becomes the map)."""
-    o2 = o1 * conv.stride[axis] - conv.padding[axis]
-    s2 = (s1 - 1) * conv.stride[axis] + conv.extent(axis)
-    return (torch.zeros_like(o2), n) if s2 >= n else (o2, s2)
-
-
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -154,14 +138,14 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
     Hp, Wp = rec.switches[pool_name].shape[-2:]
     Cin, Hi, Wi = rec.in_shapes[conv_name]
     K, Cg, h, w = sig.g.shape
-    oy1, hi = _unpooled(sig.oy, h, pw, 0, Hc)
-    ox1, wi = _unpooled(sig.ox, w, pw, 1, Wc)
+    oy1, hi = pw.below(sig.oy, h, 0, Hc)  # the pool rule's windows ...
+    ox1, wi = pw.below(sig.ox, w, 1, Wc)
     if (sig.units is None and (hi, wi) == (Hc, Wc) and not bool(oy1.any()) and not bool(ox1.any())
             and cw.output_padding(Hc, Hi, 0) is not None and cw.output_padding(Wc, Wi, 1) is not None):
         oy2, h2, ox2, w2 = torch.zeros_like(oy1), Hi, torch.zeros_like(ox1), Wi  # the conv rule's whole maps
     else:
-        oy2, h2 = _filtered(oy1, hi, cw, 0, Hi)
-        ox2, w2 = _filtered(ox1, wi, cw, 1, Wi)
+        oy2, h2 = cw.below(oy1, hi, 0, Hi)  # ... and the conv rule's (``deconvnet.fit``)
+        ox2, w2 = cw.below(ox1, wi, 1, Wi)
 
     weight = conv.weight.detach()
     C, _, kh, kw = weight.shape

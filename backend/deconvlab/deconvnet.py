@@ -326,14 +326,9 @@ def _maxpool(m: nn.MaxPool2d, name: str, sig: Signal, rec: Record, method: str) 
     geo = Window.of(m)
     Hin, Win = rec.in_shapes[name][-2:]
     K, C, h, w = sig.g.shape
-    oy = sig.oy * geo.stride[0] - geo.padding[0]
-    ox = sig.ox * geo.stride[1] - geo.padding[1]
-    hi, wi = (h - 1) * geo.stride[0] + geo.extent(0), (w - 1) * geo.stride[1] + geo.extent(1)
     # a window as large as the map along an axis becomes the map (every switch lies in it)
-    if hi >= Hin:
-        oy, hi = torch.zeros_like(oy), Hin
-    if wi >= Win:
-        ox, wi = torch.zeros_like(ox), Win
+    oy, hi = geo.below(sig.oy, h, 0, Hin)
+    ox, wi = geo.below(sig.ox, w, 1, Win)
     # local index in the input window: (iy - oy) * wi + (ix - ox) = idx + iy * (wi - Win) - (oy * wi + ox),
     # with idx = iy * Win + ix the recorded switch and iy its row (computed once per record).
     # Off the map the windows are filled so that local = 0 there (where the signal is 0).

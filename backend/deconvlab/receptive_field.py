@@ -79,6 +79,16 @@ class Window:
     def extent(self, axis: int) -> int:
         return self.dilation[axis] * (self.kernel[axis] - 1) + 1
 
+    def below(self, o, size: int, axis: int, n_in: int):
+        """Windows of ``size`` at offsets ``o`` (ints or a tensor of them) -> the windows of the
+        input that they see along ``axis``: (offsets, size); a window as large as the input map
+        of ``n_in`` or larger is that map (offset 0). The deconvnet's windows go down this way."""
+        o_in = o * self.stride[axis] - self.padding[axis]
+        size_in = (size - 1) * self.stride[axis] + self.extent(axis)
+        if size_in >= n_in:
+            return o_in * 0, n_in
+        return o_in, size_in
+
     def output_padding(self, n_out: int, n_in: int, axis: int) -> int | None:
         """The ``output_padding`` with which the padded transposed conv of a whole ``n_out``
         map gives the whole ``n_in`` input map, or None where PyTorch cannot (it must be
