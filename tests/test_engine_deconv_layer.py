@@ -314,3 +314,19 @@ def test_a_pool_window_wholly_in_padding_is_a_clear_error():
     assert bool(torch.isinf(rec.outputs["pool1"]).all())
     with pytest.raises(ValueError, match="expected every max-pool window to overlap its 1x1 input"):
         net.project_many(rec, [("pool1", 0, None)], seed="map")
+
+
+def test_filters_changed_in_place_are_read_again(monkeypatch):
+    """The step keeps each conv's filters re-laid out between calls; weights changed in place
+    (a snapshot loaded into the same module) must not leave it on the old ones."""
+    net = zfnet_net("none")
+    x = _image(1, 224, 6)
+    items = [("conv2", 3, None), ("conv5", 1, None)]
+    before = net.project_many(net.forward(x), items)
+    with torch.no_grad():
+        net.module.conv1.weight.mul_(-1.5)
+        net.module.conv2.weight.add_(0.01)
+    rec = net.forward(x)
+    sparse, dense = both_routes(net, rec, items, "deconv", "point", monkeypatch)
+    assert_close(sparse, dense, items)
+    assert not torch.allclose(sparse, before)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -113,6 +114,26 @@ def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
             and rec.outputs[relu_name].dtype == torch.float32)
 
 
+_rows_cache: "weakref.WeakKeyDictionary[nn.Conv2d, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _filter_rows(conv: nn.Conv2d, rowp: int) -> np.ndarray:
+    """The conv's filters as (C, kh * rowp): each filter's tap rows channels-last, like the
+    output, padded with zeros to ``rowp`` (the padding adds zeros past the row: harmless).
+    Made once per conv and kept until its weights change (their version counter moves)."""
+    weight = conv.weight.detach()
+    key = (weight.data_ptr(), weight._version, rowp)
+    hit = _rows_cache.get(conv)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    C, cin, kh, kw = weight.shape
+    wt = torch.zeros(C, kh, rowp)
+    wt[:, :, :kw * cin] = weight.permute(0, 2, 3, 1).reshape(C, kh, kw * cin)
+    wt = wt.reshape(C, kh * rowp).numpy()
+    _rows_cache[conv] = (key, wt)
+    return wt
+
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -147,15 +168,10 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
         oy2, h2 = cw.below(oy1, hi, 0, Hi)  # ... and the conv rule's (``deconvnet.fit``)
         ox2, w2 = cw.below(ox1, wi, 1, Wi)
 
-    weight = conv.weight.detach()
-    C, _, kh, kw = weight.shape
+    C, _, kh, kw = conv.weight.shape
     row = kw * Cin
     rowp = -(-row // LANES) * LANES
-    # (C, kh * rowp): a filter's tap rows, channels-last like the output, each padded with zeros
-    # to whole vectors (the padding adds zeros past the row: harmless)
-    wt = torch.zeros(C, kh, rowp)
-    wt[:, :, :row] = weight.permute(0, 2, 3, 1).reshape(C, kh, row)
-    wt = wt.reshape(C, kh * rowp).numpy()
+    wt = _filter_rows(conv, rowp)
     g = sig.g.contiguous().numpy()
     yx = rec.switch_yx(pool_name).numpy()  # each switch as (row, column), computed once per record
     rule = RULES[method]
