@@ -44,6 +44,9 @@ def state_of(client):
 # ------------------------------------------------------------------ system
 
 def test_health_ready_models(client, small_net):
+    from deconvlab import deconv_layer
+
+    assert deconv_layer.ENABLED, "the start-up compile of the sparse step failed: the server fell back to dense"
     assert client.get("/api/health").json() == {"status": "ok"}
     assert client.get("/api/ready").json() == {"ready": True, "models": {"zfnet-imagenette": True},
                                                "index": {"zfnet-imagenette": "no data set"}}

@@ -330,3 +330,14 @@ def test_filters_changed_in_place_are_read_again(monkeypatch):
     sparse, dense = both_routes(net, rec, items, "deconv", "point", monkeypatch)
     assert_close(sparse, dense, items)
     assert not torch.allclose(sparse, before)
+
+
+def test_a_net_made_in_inference_mode_runs_the_sparse_step(monkeypatch):
+    """The server loads its models and projects inside ``torch.inference_mode()`` (its runner):
+    its weights are inference tensors, which have no version counter."""
+    with torch.inference_mode():
+        net = zfnet_net("none")
+        rec = net.forward(_image(1, 224, 7))
+        assert net.module.conv2.weight.is_inference()
+        items = [("conv5", 2, None), ("fc6", 5, None)]
+        assert_close(*both_routes(net, rec, items, "deconv", "point", monkeypatch), items)

@@ -120,17 +120,20 @@ _rows_cache: "weakref.WeakKeyDictionary[nn.Conv2d, tuple]" = weakref.WeakKeyDict
 def _filter_rows(conv: nn.Conv2d, rowp: int) -> np.ndarray:
     """The conv's filters as (C, kh * rowp): each filter's tap rows channels-last, like the
     output, padded with zeros to ``rowp`` (the padding adds zeros past the row: harmless).
-    Made once per conv and kept until its weights change (their version counter moves)."""
+    Made once per conv and kept until its weights change (their version counter moves);
+    weights made in inference mode have no version counter, so those are re-laid out on
+    every call (0.1 ms)."""
     weight = conv.weight.detach()
-    key = (weight.data_ptr(), weight._version, rowp)
+    key = None if weight.is_inference() else (weight.data_ptr(), weight._version, rowp)
     hit = _rows_cache.get(conv)
-    if hit is not None and hit[0] == key:
+    if key is not None and hit is not None and hit[0] == key:
         return hit[1]
     C, cin, kh, kw = weight.shape
     wt = torch.zeros(C, kh, rowp)
     wt[:, :, :kw * cin] = weight.permute(0, 2, 3, 1).reshape(C, kh, kw * cin)
     wt = wt.reshape(C, kh * rowp).numpy()
-    _rows_cache[conv] = (key, wt)
+    if key is not None:
+        _rows_cache[conv] = (key, wt)
     return wt
 
 
