@@ -7,8 +7,8 @@ Measures, side by side in one run, on one split of the data set
 model (``zfnet-imagenette``; a random-weight model of the same architecture
 when it is not trained yet -- same cost, which the output says):
 
-1. **scan vs forward**: the activation scan (:func:`deconvlab.top_k.scan` plus
-   the :class:`~deconvlab.top_k.TopK` update) against a plain forward pass
+1. **scan vs forward**: the activation scan (:func:`deconvlab.index.top_k.scan` plus
+   the :class:`~deconvlab.index.top_k.TopK` update) against a plain forward pass
    (``module(x)``) over the same pre-decoded batches, batch by batch, the
    order alternating, so both share whatever else the machine is doing.
    Target: scan throughput >= 0.8x the forward's.
@@ -60,9 +60,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-from deconvlab import deconv_layer  # noqa: E402
+from deconvlab.engine import sparse_step  # noqa: E402
 from deconvlab.data import data_root, decoded, list_split  # noqa: E402
-from deconvlab.top_k import (TopK, TopKIndex, argmax_positions, build_index, index_layers,  # noqa: E402
+from deconvlab.index.top_k import (TopK, TopKIndex, argmax_positions, build_index, index_layers,  # noqa: E402
                              scan_values)
 
 
@@ -251,7 +251,7 @@ def main() -> int:
         if "units" in parts:
             # the server compiles the sparse deconvnet step at start-up; a cold request does not pay for it
             t0 = time.perf_counter()
-            deconv_layer.warm_up()
+            sparse_step.warm_up()
             res["sparse_step_warm_up_s"] = time.perf_counter() - t0
             res["units"] = bench_units(idx, a.units_per_layer)
             for layer, r in res["units"].items():

@@ -16,9 +16,9 @@ share whatever else the machine is doing (medians of wall time):
   ``perturbations_per_eval=1`` (the baseline of the issue: 10.0 s for
   s=32, t=8 on this machine before work began);
 * **captum_batched**: the same with ``perturbations_per_eval=64``;
-* **full**: ``deconvlab.occlusion(..., method="full")``: every occluded image
+* **full**: ``deconvlab.analyses.occlusion(..., method="full")``: every occluded image
   through the whole network, in batches of 128;
-* **incremental**: ``deconvlab.occlusion(...)``, the default: Krypton-style
+* **incremental**: ``deconvlab.analyses.occlusion(...)``, the default: Krypton-style
   incremental recomputation.
 
 Ours computes all three Fig. 7 maps (feature-map activation, class
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
 from deconvlab.nets import ZFNetConfig, he_init, zfnet  # noqa: E402
-from deconvlab.occlusion import occlusion  # noqa: E402
+from deconvlab.analyses.occlusion import occlusion  # noqa: E402
 
 
 def captum_from_ours(prob: np.ndarray, base: float, size: int, stride: int, hw: tuple[int, int]) -> np.ndarray:

@@ -23,7 +23,7 @@ repetition, so all share whatever else the machine is doing; medians):
   position, against 64 Captum calls. Target: ratio >= 10 (aim 20). Most active,
   not units 0..63: a dead unit projects to zeros, which the sparse step skips
   at no cost while Captum still runs its whole pass.
-* **dense route**: the same two calls with ``deconv_layer.ENABLED = False``
+* **dense route**: the same two calls with ``sparse_step.ENABLED = False``
   (the three dense rules instead of the sparse unpool-rectify-filter step),
   to show what that step is worth.
 
@@ -54,7 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "backend"))
 
-from deconvlab import deconv_layer  # noqa: E402
+from deconvlab.engine import sparse_step  # noqa: E402
 from deconvlab.net import Net  # noqa: E402
 from deconvlab.nets import ModelMeta, ZFNetConfig, he_init, zfnet  # noqa: E402
 
@@ -113,11 +113,11 @@ def main(argv=None) -> int:
             return nd.attribute(x, neuron_selector=sel[i])[0]
 
         def dense(fn):
-            deconv_layer.ENABLED = False
+            sparse_step.ENABLED = False
             try:
                 return fn()
             finally:
-                deconv_layer.ENABLED = True
+                sparse_step.ENABLED = True
 
         # cross-checks: ours == captum * activation (deconv's ReLU rule is positively homogeneous,
         # so only for positive activations), and the sparse route == the dense one
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         "forward_ms": statistics.median(fwd) * 1e3,
         "layers": rows,
         "targets": {"ratio_one": 4.0, "ratio_many": 10.0},
-        "sparse_step": deconv_layer.available(),
+        "sparse_step": sparse_step.available(),
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,33 @@
     net = deconvlab.load("zfnet-imagenette")
     rec = net.forward(net.preprocess(image))
     p = net.project(rec, layer="conv5", unit=12)
+
+The public names are imported on first use, so ``import deconvlab`` stays light
+(no torch until a name that needs it is touched):
+
+==============  ===============================================  ==========================
+name            what it is                                       where it lives
+==============  ===============================================  ==========================
+``load``        a registered model or checkpoint -> ``Net``      here
+``Net``         one model: preprocess, forward, project          ``deconvlab.net``
+``TopKIndex``   a unit's top-9 data-set patches (Fig. 2)         ``deconvlab.index``
+``occlusion``   occlusion sensitivity maps (Fig. 7)              ``deconvlab.analyses``
+``render``      projections and feature maps -> images           ``deconvlab.render``
+==============  ===============================================  ==========================
 """
 
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+_LAZY = {  # public name -> (module, attribute or None for the module itself)
+    "Net": ("deconvlab.net", "Net"),
+    "TopKIndex": ("deconvlab.index.top_k", "TopKIndex"),
+    "occlusion": ("deconvlab.analyses.occlusion", "occlusion"),
+    "render": ("deconvlab.render", None),
+}
+
+__all__ = ["load", "__version__", *_LAZY]
 
 
 def load(name_or_path: str = "zfnet-imagenette", device: str = "auto"):
@@ -16,8 +40,9 @@ def load(name_or_path: str = "zfnet-imagenette", device: str = "auto"):
     return Net.load(name_or_path, device=device)
 
 
-def __getattr__(name):  # lazy, so `import deconvlab` stays light
-    if name == "Net":
-        from .net import Net
-        return Net
-    raise AttributeError(name)
+def __getattr__(name):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'deconvlab' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = import_module(module)
+    return value if attr is None else getattr(value, attr)

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import deconvnet
+from .engine import deconvnet
 from .data import resize_crop, to_rgb
 from .nets import ModelMeta, fold_batchnorm, layer_map, resolve
-from .receptive_field import box_size, input_box, spatial_sizes
-from .switches import Record, record_forward
+from .engine.receptive_field import box_size, input_box, spatial_sizes
+from .engine.switches import Record, record_forward
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

@@ -75,12 +75,12 @@ def load_models(state: AppState) -> None:
             continue
         open_index(state, slot)
     if any(slot.net is not None and slot.net.device.type == "cpu" for slot in state.models.values()):
-        from .. import deconv_layer
+        from ..engine import sparse_step
 
         try:  # compile the sparse step now, so the first projection asked for does not wait for it
-            state.runner.call(deconv_layer.warm_up)
+            state.runner.call(sparse_step.warm_up)
         except Exception as e:  # a kernel that cannot compile here: serve with the dense rules
-            deconv_layer.ENABLED = False
+            sparse_step.ENABLED = False
             log.error("the sparse deconvnet step failed to compile (%s: %s); using the dense rules",
                       type(e).__name__, e)
 
@@ -98,7 +98,7 @@ def open_index(state: AppState, slot: ModelSlot) -> None:
     if not s.data:
         slot.index_status = "no data set"
         return
-    from ..top_k import StaleIndexError, TopKIndex, default_index_path
+    from ..index.top_k import StaleIndexError, TopKIndex, default_index_path
 
     path = default_index_path(slot.name, s.data, s.index_split)
     try:
@@ -117,7 +117,7 @@ def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thr
     the inference thread keeps answering meanwhile; the images are decoded in
     this thread (no loader processes are forked from the server).
     """
-    from ..top_k import build_index, default_index_path
+    from ..index.top_k import build_index, default_index_path
 
     s = state.settings
     slot.index, slot.index_status = None, "building"

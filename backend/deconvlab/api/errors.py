@@ -106,7 +106,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     try:
-        from ..top_k import StaleIndexError
+        from ..index.top_k import StaleIndexError
     except ImportError:  # pragma: no cover - the top-k module is part of the package
         return
 

@@ -91,7 +91,7 @@ def _subset(state, n: int | None, seed: int) -> int:
 
 async def _evolution(state, slot, n: int, seed: int):
     """The scanned ``evolution.Evolution`` of ``slot``'s snapshots over ``n`` images (built on first use)."""
-    from ...evolution import build_evolution, snapshot_paths
+    from ...analyses.evolution import build_evolution, snapshot_paths
 
     key = (slot.name, n, seed)
     entries = _entries(state)

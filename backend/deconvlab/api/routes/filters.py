@@ -18,7 +18,7 @@ router = APIRouter(tags=["filters"])
 async def filters_png(state: State, slot: Model,
                       layer: Annotated[str, Path(description="a conv layer over the 3 colours: conv1")]) -> Response:
     """Each filter of the layer contrast-normalised on its own, in one mosaic."""
-    from ...filters import filters_mosaic
+    from ...analyses.filters import filters_mosaic
 
     slot.layer(layer)
 

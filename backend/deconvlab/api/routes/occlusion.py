@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Path, Response
 
-from ...occlusion import occlusion, occlusion_passes
+from ...analyses.occlusion import occlusion, occlusion_passes
 from ..deps import Image, Model, State
 from ..errors import NotFound, Unprocessable, library_errors
 from ..png import PNG_HEADERS, class_map_png, heat_map_png

@@ -1,0 +1,1 @@
+"""Training the paper's way (Sec. 3), evaluating, and publishing a model with its card."""

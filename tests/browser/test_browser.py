@@ -1,0 +1,339 @@
+"""The browser app end to end: Debian's Chromium (Playwright) against a live ``deconvlab serve``.
+
+One server for the module, started as a subprocess on a free loopback port,
+with its own models folder (a small random-weight ZFNet named
+``zfnet-imagenette``), a tiny generated ImageFolder data set and its top-k
+index, so nothing here depends on training or on the shared data. The image
+the test uploads is a real Imagenette JPEG when ``$DECONVLAB_DATA`` has one,
+else a generated picture.
+
+``DECONVLAB_TEST_SERVER=http://127.0.0.1:8000`` drives a server that is
+already running instead (its own models and index).
+
+Screenshots land in the test's ``tmp_path``; each is checked for not being
+blank (pixel variance), and the page's words are checked against what the
+API itself answers (the same error detail, the same predictions).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import live_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-gpu", "--no-first-run", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason=f"{CHROMIUM} is absent: `make browser-deps` (apt-get install chromium) installs it"),
+]
+
+TIMEOUT_MS = 20_000
+
+
+def _tiny_imagefolder(root: Path) -> Path:
+    """3 classes x 4 generated pictures in val/ (and one in train/): enough for a top-9."""
+    from conftest import make_sample_image
+
+    for split, per_class in (("val", 4), ("train", 1)):
+        for c, wnid in enumerate(["n01440764", "n02102040", "n02979186"]):
+            d = root / split / wnid
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                make_sample_image(160 + 16 * i, 144, seed=100 * c + i).save(d / f"img{i}.png")
+    return root
+
+
+def _upload_image(tmp: Path) -> Path:
+    """A real Imagenette JPEG when the data is here, else a generated JPEG."""
+    data = os.environ.get("DECONVLAB_DATA")
+    if data:
+        for split in ("val", "train"):
+            found = sorted((Path(data) / split).glob("*/*.JPEG"))[:1]
+            if found:
+                return found[0]
+    from conftest import make_sample_image
+
+    path = tmp / "upload.jpg"
+    make_sample_image(320, 240, seed=7).save(path, quality=90)
+    return path
+
+
+def _not_blank(png: Path, min_std: float = 8.0) -> float:
+    a = np.asarray(Image.open(png).convert("L"), dtype=np.float32)
+    std = float(a.std())
+    assert std > min_std, f"{png.name} looks blank: pixel std {std:.2f}"
+    return std
+
+
+def _has_serve() -> bool:
+    from deconvlab import cli
+
+    return any(getattr(f, "__name__", "") == "add_serve" for f in getattr(cli, "COMMANDS", []))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    external = os.environ.get("DECONVLAB_TEST_SERVER")
+    if external:  # a server already running (e.g. `make run`): drive it as it is
+        yield external.rstrip("/")
+        return
+    if not _has_serve():
+        pytest.skip("`deconvlab serve` (the REST API, issue 5) has not landed yet; "
+                    "or set DECONVLAB_TEST_SERVER=http://host:port to drive a running server")
+    from conftest import small_zfnet_module
+    from deconvlab.nets import save_checkpoint
+
+    root = tmp_path_factory.mktemp("browser")
+    models = root / "models"
+    model, meta = small_zfnet_module()
+    save_checkpoint(models / "zfnet-imagenette" / "model.safetensors", model, meta)
+    (models / "registry.json").write_text(json.dumps({
+        "default": "zfnet-imagenette",
+        "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors"}},
+    }))
+    data = _tiny_imagefolder(root / "data")
+    env = {
+        **os.environ,
+        "DECONVLAB_MODELS": str(models),
+        "DECONVLAB_DATA": str(data),
+        "DECONVLAB_CACHE": str(root / "cache"),
+        "DECONVLAB_UPLOADS": str(root / "uploads"),
+        "DECONVLAB_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    # The top-k index the gallery reads, where the server looks for it (in-process:
+    # a `deconvlab index` subprocess would spend most of its time importing torch).
+    from deconvlab.index.top_k import build_index
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("DECONVLAB_MODELS", "DECONVLAB_DATA", "DECONVLAB_CACHE"):
+            mp.setenv(key, env[key])
+        build_index("zfnet-imagenette", data, "val", k=9, batch_size=16, workers=0, progress=False)
+
+    with live_server(env, root) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def _state(page) -> dict:
+    return page.evaluate("() => { const s = window.deconvlab.state(); return {model: s.model, image: s.image,"
+                         " layer: s.layer, unit: s.unit, method: s.method, seed: s.seed, position: s.position}; }")
+
+
+def _wait_img(page, selector: str) -> None:
+    page.wait_for_function(
+        "sel => { const i = document.querySelector(sel); return !!i && !i.hidden && i.complete && i.naturalWidth > 0; }",
+        arg=selector)
+
+
+def _wait_gallery(page, n: int) -> None:
+    page.wait_for_function(
+        """n => ['topk-patch', 'topk-projection'].every(t => {
+              const imgs = [...document.querySelectorAll(`[data-testid=${t}] img`)];
+              return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); })""",
+        arg=n)
+
+
+def test_upload_explore_reload_and_bad_upload(server, page, tmp_path):
+    page.goto(server + "/")
+    page.wait_for_selector("[data-testid=layer-tab]")
+
+    # Upload a real image through the file picker.
+    page.set_input_files("[data-testid=file-input]", str(_upload_image(tmp_path)))
+    page.wait_for_selector("[data-testid=prediction]")
+    _wait_img(page, ".input-img")
+    image_id = _state(page)["image"]
+    assert image_id
+    # The top-5 on the page are the API's top-5.
+    api_preds = httpx.get(f"{server}/api/images/{image_id}/predictions", params={"k": 5}).json()["predictions"]
+    shown = page.locator("[data-testid=prediction] .pred-label").all_inner_texts()
+    assert shown == [f"{i + 1}. {p['label']}" for i, p in enumerate(api_preds)]
+
+    # A layer, then a unit: the projection and the Fig. 2 gallery load.
+    page.click("[data-testid=layer-tab][data-layer=conv2]")
+    page.wait_for_selector("[data-testid=unit][data-unit='3']")
+    units = httpx.get(f"{server}/api/images/{image_id}/layers/conv2").json()["units"]
+    assert page.locator("[data-testid=unit]").count() == len(units)
+    page.click("[data-testid=unit][data-unit='3']")
+    _wait_img(page, ".projection-img")
+    _wait_img(page, "[data-testid=feature-map]")
+    _wait_gallery(page, 9)
+    page.wait_for_selector("[data-testid=unit-box]:not([hidden])")
+    before = _state(page)
+    assert before["layer"] == "conv2" and before["unit"] == 3
+    url = page.url
+    assert f"image={image_id}" in url and "layer=conv2" in url and "unit=3" in url
+
+    # Click a position of the feature map: the link holds it, the projection follows it.
+    box = page.locator("[data-testid=feature-map]").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
+    page.wait_for_function("() => window.deconvlab.state().position !== null")
+    page.click("[data-testid=method-guided]")
+    page.wait_for_function("() => window.deconvlab.state().projection.status === 'ok'")
+    _wait_img(page, ".projection-img")
+    view = _state(page)
+    assert view["method"] == "guided" and view["position"] is not None
+    shot1 = tmp_path / "explore.png"
+    page.screenshot(path=str(shot1), full_page=True)
+    _not_blank(shot1)
+    proj1 = tmp_path / "projection.png"
+    page.locator("[data-testid=projection]").screenshot(path=str(proj1))
+    _not_blank(proj1, min_std=2.0)
+
+    # Reload the deep link: the same view comes back.
+    deep = page.url
+    page.reload()
+    page.wait_for_selector("[data-testid=prediction]")
+    _wait_img(page, ".projection-img")
+    _wait_gallery(page, 9)
+    assert page.url == deep
+    assert _state(page) == view
+    assert page.locator("[data-testid=layer-tab][aria-selected=true]").inner_text() == "conv2"
+    assert page.locator("[data-testid=unit][aria-selected=true]").get_attribute("data-unit") == "3"
+    shot2 = tmp_path / "reloaded.png"
+    page.screenshot(path=str(shot2), full_page=True)
+    _not_blank(shot2)
+
+    # A text file named .jpg: the page shows the server's own words, and keeps the image.
+    bad = b"this is not a JPEG, only text with a .jpg name\n"
+    detail = httpx.post(f"{server}/api/images", files={"file": ("bad.jpg", bad, "image/jpeg")}).json()["detail"]
+    assert isinstance(detail, str) and detail
+    page.set_input_files("[data-testid=file-input]",
+                         files=[{"name": "bad.jpg", "mimeType": "image/jpeg", "buffer": bad}])
+    err = page.locator("[data-testid=upload-status].error")
+    err.wait_for()
+    assert detail in err.inner_text()
+    assert _state(page)["image"] == image_id
+    page.screenshot(path=str(tmp_path / "bad-upload.png"))
+    _not_blank(tmp_path / "bad-upload.png")
+
+
+def test_keyboard_panels_drop_and_messages(server, page, tmp_path):
+    # A sample from the strip becomes the image (fetched, then POSTed to /api/images).
+    page.goto(server + "/")
+    page.wait_for_selector("[data-testid=sample] img")
+    page.click("[data-testid=sample] >> nth=0")
+    page.wait_for_selector("[data-testid=prediction]")
+    first_image = _state(page)["image"]
+    assert first_image
+
+    # Keyboard: ] moves to the next layer, arrows move between units, focus follows.
+    page.locator("body").press("]")
+    page.wait_for_function("() => window.deconvlab.state().layer === 'conv2'")
+    page.wait_for_selector("[data-testid=unit]")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => window.deconvlab.state().unit === 1")
+    assert page.evaluate("document.activeElement.dataset.unit") == "1"
+    page.keyboard.press("[")
+    page.wait_for_function("() => window.deconvlab.state().layer === 'conv1'")
+
+    # Sorting by activation puts the strongest (starred) unit first.
+    page.select_option("[data-testid=sort]", "activation")
+    page.wait_for_function("() => document.querySelector('[data-testid=unit]')?.classList.contains('strongest')")
+    first = page.locator("[data-testid=unit] >> nth=0")
+    assert first.locator("[data-testid=strongest]").count() == 1
+
+    # An fc layer: a heat grid, one cell per unit; the evolution pane says it is not available
+    # in the words of the server when the route answers 404.
+    page.click("[data-testid=layer-tab][data-layer=fc6]")
+    page.wait_for_selector(".unit-grid.fc [data-testid=unit]")
+    page.click("[data-testid=unit][data-unit='5']")
+    _wait_img(page, ".projection-img")
+    evo = httpx.get(f"{server}/api/layers/fc6/units/5/evolution")
+    status = page.locator("[data-testid=evolution-status]")
+    if evo.status_code == 404:
+        page.wait_for_function(
+            "() => document.querySelector('[data-testid=evolution-status]').textContent.startsWith('Not available')")
+        assert evo.json()["detail"] in status.inner_text()
+    else:
+        page.wait_for_selector("[data-testid=evolution-snapshot] img")
+
+    # Filters (Fig. 6), closed with Esc.
+    page.click("[data-testid=open-filters]")
+    _wait_img(page, "[data-testid=filters-img]")
+    page.locator("[data-testid=filters]").screenshot(path=str(tmp_path / "filters.png"))
+    _not_blank(tmp_path / "filters.png")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("[data-testid=filters]", state="hidden")
+
+    # Occlusion (Fig. 7) with a coarse grid: progress while it runs, then three maps.
+    page.click("[data-testid=open-occlusion]")
+    page.select_option("[data-testid=occ-size]", "64")
+    page.select_option("[data-testid=occ-stride]", "32")
+    page.click("[data-testid=occ-run]")
+    page.wait_for_selector("[data-testid=occlusion-activation] canvas", timeout=60_000)
+    for kind in ("activation", "probability", "top_class"):
+        assert page.locator(f"[data-testid=occlusion-{kind}] canvas").count() == 1
+    assert page.locator("[data-testid=occlusion-legend] li").count() >= 1
+    page.locator("[data-testid=occlusion]").screenshot(path=str(tmp_path / "occlusion.png"))
+    _not_blank(tmp_path / "occlusion.png")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("[data-testid=occlusion]", state="hidden")
+
+    # Drag and drop a file onto the upload zone.
+    buf = io.BytesIO()
+    Image.fromarray((np.indices((120, 150)).sum(0) % 255).astype(np.uint8)).convert("RGB").save(buf, "PNG")
+    page.evaluate(
+        """bytes => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'}));
+            const zone = document.querySelector('[data-testid=upload]');
+            zone.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+        }""", list(buf.getvalue()))
+    page.wait_for_function("first => { const s = window.deconvlab.state(); return s.image && s.image !== first"
+                           " && s.predictions.status === 'ok'; }", arg=first_image)
+
+    # Paste an image (Ctrl+V): the clipboard's first file is uploaded.
+    dropped = _state(page)["image"]
+    buf = io.BytesIO()
+    Image.fromarray((np.indices((90, 110)).prod(0) % 251).astype(np.uint8)).convert("RGB").save(buf, "PNG")
+    page.evaluate(
+        """bytes => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], 'pasted.png', {type: 'image/png'}));
+            document.body.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));
+        }""", list(buf.getvalue()))
+    page.wait_for_function("prev => { const s = window.deconvlab.state(); return s.image && s.image !== prev"
+                           " && s.predictions.status === 'ok'; }", arg=dropped)
+
+    # A link to an image the server does not have: the words of its 404, not a blank pane.
+    missing = "0" * 16
+    detail = httpx.get(f"{server}/api/images/{missing}").json()["detail"]
+    page.goto(f"{server}/#image={missing}&layer=conv1")
+    page.wait_for_selector("[data-testid=input-status].error")
+    assert detail in page.inner_text("[data-testid=input-status]")

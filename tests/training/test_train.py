@@ -1,0 +1,194 @@
+"""Training: the recipe learns, renormalises filters, folds batch norm, and survives a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from deconvlab.nets import ZFNetConfig, fold_batchnorm, load_checkpoint, zfnet
+from deconvlab.training.train import TrainConfig, filter_rms, renormalise_filters, train
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
+
+
+def make_dataset(root: Path, per_class: int = 60, val_per_class: int = 12, size: int = 64, seed: int = 0) -> Path:
+    """Three classes told apart by colour and stripe direction, with noise."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("val", val_per_class)):
+        for c, colour in enumerate(COLOURS):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.normal(120, 30, (size, size, 3))
+                yy, xx = np.mgrid[0:size, 0:size]
+                stripes = ((xx if c == 0 else yy if c == 1 else xx + yy) // 6) % 2 == 0
+                img[stripes] = np.array(colour) + rng.normal(0, 15, 3)
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tinydata"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DECONVLAB_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), epochs=6, batch_size=20, lr=0.1, width=0.25, fc_size=64,
+                input_size=64, sizes="48:0.5", snapshots="1,2", progress=False, threads=1, seed=3,
+                half_snapshots=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def test_renormalise_filters_caps_rms_at_threshold():
+    conv = nn.Conv2d(2, 3, 3)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0].fill_(0.5)  # RMS 0.5: scaled down to 0.1
+        conv.weight[1].fill_(0.05)  # RMS 0.05: untouched
+        conv.weight[2, 0].fill_(0.3)  # RMS 0.3 / sqrt(2): scaled down
+    renormalise_filters(nn.Sequential(conv), 0.1)
+    rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert rms.tolist() == pytest.approx([0.1, 0.05, 0.1], abs=1e-6)
+    assert float(conv.weight.detach()[1, 0, 0, 0]) == pytest.approx(0.05)  # direction and small filters kept
+
+
+def test_fold_batchnorm_computes_the_same_function():
+    torch.manual_seed(0)
+    m = zfnet(ZFNetConfig(num_classes=5, width=0.125, fc_size=32, norm="batch"))
+    for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    m.eval()
+    folded = fold_batchnorm(m).eval()
+    assert not any(isinstance(x, nn.BatchNorm2d) for x in folded.modules())
+    assert "bn1" not in dict(folded.named_children())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), m(x), rtol=1e-4, atol=1e-5)
+
+
+def test_tiny_training_run_learns_and_keeps_filters_renormalised(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    # start with every filter at RMS ~0.3, so the cap has work to do from the first step
+    res = train(tiny_config(tiny_data, out, init_std=0.3))
+    log = read_metrics(out)
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r["size"] for r in log] == [48, 48, 48, 64, 64, 64]  # progressive resizing, then the model's size
+    assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.3
+    assert res["val"]["top1"] > 0.6  # three easy classes: chance is 0.33
+    # after the last step no conv filter of the trained (unfolded) network exceeds RMS 0.1
+    state = torch.load(out / "last.pt", weights_only=True)["model"]
+    for name, w in state.items():
+        if name.endswith(".weight") and w.ndim == 4:
+            assert float(w.pow(2).mean(dim=(1, 2, 3)).sqrt().max()) <= 0.1 + 1e-6, name
+    # exported model and snapshots: folded (no batch norm), loadable without pickle, same classes
+    model, meta = load_checkpoint(out / "model.safetensors")
+    assert meta.arch == "zfnet" and meta.config["norm"] == "none" and meta.classes == ["c0", "c1", "c2"]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [
+        "epoch-001.safetensors", "epoch-002.safetensors", "epoch-006.safetensors"]
+    x = torch.randn(1, 3, 64, 64)
+    assert model(x).shape == (1, 3)
+
+
+def test_training_without_renormalisation_lets_filters_grow(tiny_data, tmp_path):
+    """The check above can fail: with the cap off, some filter does exceed RMS 0.1."""
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=1, renorm_rms=0.0, init_std=0.3, sizes="", snapshots=""))
+    state = torch.load(out / "last.pt", weights_only=True)["model"]
+    worst = max(float(w.pow(2).mean(dim=(1, 2, 3)).sqrt().max())
+                for n, w in state.items() if n.endswith(".weight") and w.ndim == 4)
+    assert worst > 0.1
+
+
+def test_kill_and_resume_continues_at_the_right_epoch_with_the_same_state(tiny_data, tmp_path):
+    cfg_args = ["--data", str(tiny_data), "--epochs", "4", "--batch-size", "30", "--lr", "0.05",
+                "--width", "0.25", "--fc-size", "64", "--input-size", "64", "--sizes", "48:0.5",
+                "--snapshots", "", "--no-progress", "--threads", "1", "--seed", "5", "--no-half-snapshots"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "deconvlab.cli", "train"]
+    ref = tmp_path / "ref"
+    subprocess.run(cmd + ["--out", str(ref)] + cfg_args, check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--out", str(run)] + cfg_args, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    ckpt = run / "last.pt"
+    while time.time() < deadline:
+        if ckpt.is_file() and torch.load(ckpt, weights_only=True)["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 2 <= killed_at < 4, "the run finished before it could be killed"
+
+    done = subprocess.run(cmd + ["--out", str(run)] + cfg_args, check=True, env=env, capture_output=True)
+    assert json.loads(done.stdout.decode().strip().splitlines()[-1])["checkpoint"].endswith("model.safetensors")
+    log = read_metrics(run)
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4]  # no epoch repeated or skipped
+    a = torch.load(ref / "last.pt", weights_only=True)
+    b = torch.load(run / "last.pt", weights_only=True)
+    for k in a["model"]:
+        torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    # the optimiser's momentum buffers match too: the resumed run had the same optimiser state
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        torch.testing.assert_close(sb["momentum_buffer"], sa["momentum_buffer"], rtol=1e-5, atol=1e-6)
+
+
+def test_resume_refuses_a_different_recipe(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=1, sizes="", snapshots=""))
+    with pytest.raises(ValueError, match="was written with epochs=1, this run has 2: use another --out"):
+        train(tiny_config(tiny_data, out, epochs=2, sizes="", snapshots=""))
+
+
+def test_size_schedule_and_snapshot_epochs():
+    cfg = TrainConfig(epochs=16, sizes="128:0.5,160:0.25", input_size=224, snapshots="1,2,5,10,20")
+    assert [cfg.size_at(e) for e in range(16)] == [128] * 8 + [160] * 4 + [224] * 4
+    assert cfg.snapshot_epochs() == {1, 2, 5, 10, 16}
+
+
+def test_publish_registers_the_run_with_a_card(tiny_data, tmp_path, monkeypatch):
+    from deconvlab.data import file_digest
+    from deconvlab.training.modelcard import publish
+    from deconvlab.nets import read_registry, resolve
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, epochs=2, sizes="", snapshots="1"))
+    models = tmp_path / "models"
+    monkeypatch.setenv("DECONVLAB_MODELS", str(models))
+    card = publish(out, "tiny", command="deconvlab train ...", default=True, progress=False)
+    reg = read_registry()
+    assert reg["default"] == "tiny" and reg["models"]["tiny"]["checkpoint"] == "tiny/model.safetensors"
+    model, meta = resolve("tiny")
+    assert meta.name == "tiny" and meta.classes == ["c0", "c1", "c2"]
+    assert card["sha256"]["model.safetensors"] == file_digest(models / "tiny" / "model.safetensors")
+    assert set(card["sha256"]) == {"model.safetensors", "snapshots/epoch-001.safetensors",
+                                   "snapshots/epoch-002.safetensors"}
+    assert card["val_images"] == 36 and 0 <= card["val_top1"] <= 1
+    text = (models / "tiny" / "MODEL_CARD.md").read_text()
+    assert f"Val top-1: {card['val_top1'] * 100:.2f}%" in text and "deconvlab train ..." in text
