@@ -304,6 +304,26 @@ class Net:
         return input_box(self._children, i, None if y is None else int(y), None if x is None else int(x),
                          size, clip=clip)
 
+    def seed_box(self, rec: Record, layer: str, unit: int, position: tuple[int, int] | None = None,
+                 item: int = 0) -> tuple[tuple[int, int] | None, tuple[int, int, int, int]]:
+        """Where a point seed of ``unit`` sits and the input box it sees: ``(position, box)``.
+
+        ``position`` is the one given, else the (y, x) of the unit's strongest
+        activation in item ``item`` of ``rec`` (first maximum in row-major
+        order, as ``project``'s point seed takes it); ``box`` is its
+        ``receptive_field`` at ``rec``'s input size. An fc unit: ``(None,
+        the whole image)``.
+        """
+        self._child(layer)  # KeyError naming the layers for an unknown one
+        a = rec.activations[layer][item, unit]
+        size = tuple(rec.input.shape[-2:])
+        if a.dim() == 0:
+            return None, self.receptive_field(layer, input_size=size)
+        if position is None:
+            position = divmod(int(a.flatten().argmax()), a.shape[-1])
+        y, x = int(position[0]), int(position[1])
+        return (y, x), self.receptive_field(layer, y, x, input_size=size)
+
     def receptive_field_size(self, layer: str, input_size: int | tuple[int, int] | None = None) -> tuple[int, int]:
         """Unclipped receptive-field (height, width) of one position of ``layer``."""
         child = self._child(layer)
