@@ -232,10 +232,10 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
     if (state.panel === 'filters') {
       load('filters', M, (signal) => api.image(api.filtersUrl(FILTERS_LAYER, M), { signal }));
     }
-    const ok = state.occlusion;
-    if (ok.key !== null && ok.key !== `${M}|${img}`) {
+    const occ = state.occlusion;
+    if (occ.key !== null && occ.key !== `${M}|${img}`) {
       if (inflight.has('occlusion')) { inflight.get('occlusion').abort(); inflight.delete('occlusion'); }
-      set({ occlusion: { ...idle(), params: ok.params, startedAt: null } });
+      set({ occlusion: { ...idle(), params: occ.params, startedAt: null } });
     }
   }
 
