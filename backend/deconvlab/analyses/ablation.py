@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..training.train import TrainConfig
+from .report import write_report
 
 # name -> (what it changes, overrides). The paper's Table 3 rows, at our scale.
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -158,14 +159,10 @@ def first_layer_figure(checkpoints: Mapping[str, str | Path], scale: int = 4):
 
 def write_ablation(table: dict, out: str | Path, meta: dict | None = None) -> dict:
     """Write ``ablation.json``, ``ablation.md`` (Table 3) and ``ablation_filters.png`` (Fig. 6) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     numbers = {**(meta or {}), **table}
-    (out / "ablation.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    (out / "ablation.md").write_text(table_markdown(table))
     first = {r["variant"]: r["checkpoint"] for r in table["rows"]
              if r["variant"] in FIRST_LAYER_VARIANTS and Path(r["checkpoint"]).is_file()}
-    if first:
-        first_layer_figure(first).save(out / "ablation_filters.png")
+    write_report(out, "ablation", first_layer_figure(first) if first else None, numbers, table_markdown(table),
+                 figure_name="ablation_filters")
     return numbers
 

@@ -53,7 +53,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .report import write_report
+
 DEFAULT_LAYERS = ("conv5", "fc7")
+# the box file shipped with the repository (the CLI's default --boxes)
+DEFAULT_BOX_FILE = Path(__file__).resolve().parents[3] / "models" / "analyses" / "correspondence_boxes.json"
 
 
 # ------------------------------------------------------------------ Hamming sums
@@ -328,9 +332,6 @@ def correspondence_figure(views: Sequence, parts: Mapping[str, Sequence[Sequence
 def write_correspondence(result: dict, views: Sequence, parts: Mapping, out: str | Path,
                          meta: dict | None = None) -> dict:
     """Write ``correspondence.png`` (Fig. 8 with Table 1) and ``correspondence.json`` into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    correspondence_figure(views, parts, result).save(out / "correspondence.png")
     numbers = {**(meta or {}), **result}
-    (out / "correspondence.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    write_report(out, "correspondence", correspondence_figure(views, parts, result), numbers)
     return numbers

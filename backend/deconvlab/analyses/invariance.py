@@ -31,7 +31,6 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .report import write_report
 
 KINDS = ("translation", "scale", "rotation")
 
@@ -230,11 +231,8 @@ def invariance_figure(results: Sequence[InvarianceResult], names: Sequence[str],
 def write_invariance(results: Sequence[InvarianceResult], names: Sequence[str], out: str | Path,
                      images: torch.Tensor | None = None, mean=None, std=None, meta: dict | None = None) -> dict:
     """Write ``invariance.png`` (Fig. 5) and ``invariance.json`` (every curve) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    invariance_figure(results, names, images, mean, std, out / "invariance.png")
     numbers = {"images": list(names), **(meta or {}), "results": [r.to_dict() for r in results]}
-    (out / "invariance.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    write_report(out, "invariance", invariance_figure(results, names, images, mean, std), numbers, dpi=90)
     return numbers
 
 

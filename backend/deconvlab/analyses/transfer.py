@@ -35,7 +35,6 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -50,6 +49,7 @@ from torch import nn
 
 from ..data import IMAGE_SUFFIXES, decoded, list_split
 from ..training.train import TrainConfig
+from .report import write_report
 
 
 # ------------------------------------------------------------------ views
@@ -346,11 +346,7 @@ def transfer_figure(table: dict, path: str | Path | None = None):
 
 def write_transfer(table: dict, out: str | Path, meta: dict | None = None) -> dict:
     """Write ``transfer.json``, ``transfer.md`` (Table 4) and ``transfer.png`` into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     numbers = {**(meta or {}), **table}
-    (out / "transfer.json").write_text(json.dumps(numbers, indent=2) + "\n")
-    (out / "transfer.md").write_text(table_markdown(table))
-    transfer_figure(table, out / "transfer.png")
+    write_report(out, "transfer", transfer_figure(table), numbers, table_markdown(table), dpi=100)
     return numbers
 
