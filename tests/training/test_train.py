@@ -192,3 +192,32 @@ def test_publish_registers_the_run_with_a_card(tiny_data, tmp_path, monkeypatch)
     assert card["val_images"] == 36 and 0 <= card["val_top1"] <= 1
     text = (models / "tiny" / "MODEL_CARD.md").read_text()
     assert f"Val top-1: {card['val_top1'] * 100:.2f}%" in text and "deconvlab train ..." in text
+
+
+def test_resnet18_arch_trains_and_exports_a_checkpoint_that_loads_back(tiny_data, tmp_path):
+    """``--arch resnet18``: torchvision's topology at half width trains, keeps its batch norm
+    (not folded), and its exported checkpoint rebuilds to the same function."""
+    from deconvlab.nets import load_checkpoint
+    from deconvlab.nets.resnet import resnet18
+    from deconvlab.training.train import build_model
+
+    cfg = TrainConfig(arch="resnet18", width=0.5)
+    model = build_model(cfg, 10)
+    assert [m.out_channels for m in (model.conv1, model.layer2[0].conv1, model.layer4[1].conv2)] == [32, 64, 256]
+    full = resnet18(10, width=1.0)
+    import torchvision
+
+    want = {k: v.shape for k, v in torchvision.models.resnet18(num_classes=10).state_dict().items()}
+    assert {k: v.shape for k, v in full.state_dict().items()} == want
+    cfg = tiny_config(tiny_data, tmp_path / "run", arch="resnet18", epochs=1, sizes="", renorm_rms=0,
+                      snapshots="1")
+    res = train(cfg)
+    m, meta = load_checkpoint(res["checkpoint"])
+    assert meta.arch == "resnet18" and meta.config == {"num_classes": 3, "width": 0.25}
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    x = torch.randn(2, 3, 64, 64)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    trained = build_model(cfg, 3)
+    trained.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(m.eval()(x), trained.eval()(x), atol=1e-5)

@@ -83,6 +83,13 @@ def _build_vgg16(meta: ModelMeta) -> nn.Sequential:
     return vgg16(num_classes=meta.config.get("num_classes", 1000))
 
 
+@register_arch("resnet18")
+def _build_resnet18(meta: ModelMeta) -> nn.Module:
+    from .resnet import resnet18
+
+    return resnet18(num_classes=meta.config.get("num_classes", 1000), width=meta.config.get("width", 1.0))
+
+
 def build(meta: ModelMeta) -> nn.Module:
     if meta.arch.startswith("torchvision:"):  # any torchvision classifier, random weights (torchvision_any.py)
         from .torchvision_any import load_torchvision

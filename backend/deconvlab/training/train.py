@@ -43,6 +43,7 @@ from ..nets.registry import IMAGENET_MEAN, IMAGENET_STD
 @dataclass
 class TrainConfig:
     data: str = ""  # ImageFolder root with train/ and val/
+    arch: str = "zfnet"  # "zfnet" (the paper's net) or "resnet18" (torchvision's topology, nets/resnet.py)
     out: str = "runs/zfnet"  # output folder: last.pt, metrics.jsonl, snapshots/, model.safetensors
     epochs: int = 16  # total epochs
     batch_size: int = 64  # images per SGD step
@@ -52,9 +53,9 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 on conv and fc weights (not on biases and BN)
     warmup: float = 0.25  # fraction of steps spent rising to the peak learning rate
     label_smoothing: float = 0.1  # cross-entropy label smoothing
-    width: float = 0.5  # ZFNet width multiplier (0.5: 48, 128, 192, 192, 128 filters)
-    fc_size: int = 1024  # fc6/fc7 units
-    batch_norm: bool = True  # BN after every conv, folded into the conv on export
+    width: float = 0.5  # width multiplier (ZFNet 0.5: 48, 128, 192, 192, 128 filters; ResNet-18 0.5: 32..256)
+    fc_size: int = 1024  # fc6/fc7 units (ZFNet)
+    batch_norm: bool = True  # BN after every conv, folded into the conv on export (ZFNet; a ResNet keeps its BN)
     drop_layers: list[str] = field(default_factory=list)  # architecture ablation (ZFNetConfig.drop_layers)
     conv1_kernel: int = 7  # first-layer kernel (11 for Krizhevsky's)
     conv1_stride: int = 2  # first-layer stride (4 for Krizhevsky's)
@@ -62,7 +63,7 @@ class TrainConfig:
     sizes: str = "128:0.5,160:0.25"  # progressive resizing: "px:fraction of epochs,...", the rest at input_size
     crop_scale: float = 0.35  # smallest area fraction of a random-resized crop
     renorm_rms: float = 0.1  # filter renormalisation threshold (the paper's 1e-1); 0 turns it off
-    init_std: float = 0.01  # std of the initial conv filters (the paper's 1e-2; fc weights always 1e-2, biases 0)
+    init_std: float = 0.01  # ZFNet: std of the initial conv filters (the paper's 1e-2; fc 1e-2, biases 0)
     snapshots: str = "1,2,5,10,20,30,40,50,60,70,80,90,100"  # epochs that keep a snapshot (and the last)
     eval_every: int = 0  # evaluate on val every N epochs (0: only at snapshots and the end)
     limit: int = 0  # train on a fixed random subset of N training images (0: all; for tests)
@@ -137,7 +138,18 @@ class Augment:
         return (out - self.mean) / self.std
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
+ARCHS = ("zfnet", "resnet18")
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """A freshly initialised model: the paper's ZFNet (weights N(0, init_std)) or a ResNet-18
+    (torchvision's initialisation, the last BN of each block at zero: He et al.'s and Goyal et al.'s trick)."""
+    if cfg.arch == "resnet18":
+        from ..nets.resnet import resnet18
+
+        return resnet18(num_classes, width=cfg.width, zero_init_residual=True)
+    if cfg.arch != "zfnet":
+        raise ValueError(f"arch: expected one of {list(ARCHS)}, got {cfg.arch!r}")
     zc = ZFNetConfig(num_classes=num_classes, width=cfg.width, fc_size=cfg.fc_size,
                      input_size=cfg.input_size, norm="batch" if cfg.batch_norm else "lrn",
                      conv1_kernel=cfg.conv1_kernel, conv1_stride=cfg.conv1_stride,
@@ -150,7 +162,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Sequential:
 
 
 def export_meta(cfg: TrainConfig, split: Split, name: str = "") -> ModelMeta:
-    """Meta of the exported (folded) model: its ZFNet config has no batch norm."""
+    """Meta of the exported model (a folded ZFNet's config has no batch norm)."""
+    if cfg.arch == "resnet18":
+        return ModelMeta(arch="resnet18", config={"num_classes": len(split.class_ids), "width": cfg.width},
+                         classes=split.labels, class_ids=list(split.class_ids), input_size=cfg.input_size,
+                         name=name)
     zc = ZFNetConfig(num_classes=len(split.class_ids), width=cfg.width, fc_size=cfg.fc_size,
                      input_size=cfg.input_size, norm="none" if cfg.batch_norm else "lrn",
                      conv1_kernel=cfg.conv1_kernel, conv1_stride=cfg.conv1_stride,
@@ -159,8 +175,9 @@ def export_meta(cfg: TrainConfig, split: Split, name: str = "") -> ModelMeta:
                      class_ids=list(split.class_ids), input_size=cfg.input_size, name=name)
 
 
-def export(model: nn.Sequential, cfg: TrainConfig, split: Split, path: Path, name: str = "") -> Path:
-    folded = fold_batchnorm(model.cpu().eval()) if cfg.batch_norm else model.cpu().eval()
+def export(model: nn.Module, cfg: TrainConfig, split: Split, path: Path, name: str = "") -> Path:
+    fold = cfg.batch_norm and cfg.arch == "zfnet"
+    folded = fold_batchnorm(model.cpu().eval()) if fold else model.cpu().eval()
     return save_checkpoint(path, folded, export_meta(cfg, split, name), half=cfg.half_snapshots)
 
 
@@ -231,8 +248,8 @@ def train(cfg: TrainConfig) -> dict:
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         saved = state["config"]
-        for k in ("epochs", "batch_size", "width", "fc_size", "batch_norm", "lr", "sizes", "seed"):
-            if saved.get(k) != getattr(cfg, k):
+        for k in ("arch", "epochs", "batch_size", "width", "fc_size", "batch_norm", "lr", "sizes", "seed"):
+            if saved.get(k, "zfnet" if k == "arch" else None) != getattr(cfg, k):
                 raise ValueError(f"{ckpt} was written with {k}={saved.get(k)!r}, this run has "
                                  f"{getattr(cfg, k)!r}: use another --out or delete it")
         model.load_state_dict(state["model"])
