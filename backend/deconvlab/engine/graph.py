@@ -1,0 +1,316 @@
+"""The graph engine: deconvnet, guided backprop and gradient projections for any CNN.
+
+The sequential engine (``deconvnet``) walks a flat ``nn.Sequential``. This one
+takes any ``nn.Module`` that maps (N, C, H, W) images to logits (ResNets,
+DenseNets, GoogLeNet, MobileNets, EfficientNets, ConvNeXts, a user's own
+module) and projects a unit the way Zeiler & Fergus (2013, Sec. 2.1) describe:
+"we set all other activations in the layer to zero and pass the feature maps as
+input to the attached deconvnet layer", down every branch of the graph to the
+input pixels.
+
+    eng = GraphEngine(model, (3, 224, 224))       # traces a private copy; model is not changed
+    rec = eng.forward(x)                          # every layer's activation, logits (no autograd graph)
+    p = eng.project_many(rec, [("layer3.1", 7, None, 0)], method="guided")   # (1, 3, 224, 224)
+
+How:
+
+* ``graph_trace.trace_model``: a private copy (weights shared), an fx graph
+  with torchvision's node names, in-place ops rewritten out of place, module
+  paths mapped to the nodes that carry their outputs (checked by hooks).
+* ``forward``: an fx interpreter that keeps the value of every node (no
+  autograd graph: ``torch.no_grad``).
+* ``project_many``: K seeds as one (K, ...) batch at the seeded node, then one
+  reverse walk over the graph: each node hands its signal to its inputs with the
+  rule of ``graph_rules`` (the table there says what each op does under each
+  method, and why); signals of a node's users are added (a residual add sends
+  the same signal down both branches, a ``cat`` splits it). Only nodes that lie
+  between the input and the seed are visited. Max-pool switches are computed
+  once per record from the recorded pool input.
+
+Seeds (as in the sequential engine and ``Net.project_many``): ``point``: one
+activation of one unit, by default its first maximum in row-major order, with
+its own value (all else zero); ``map``: the unit's whole map, weighted by its
+activations; an fc unit (N, C layers): its one value.
+
+Models fx cannot trace (data-dependent control flow, ``x[i] = v``) still work
+with module-path layers only: forward hooks record them, and projections run
+autograd on the items' inputs under a ``TorchFunctionMode`` that applies the same
+ReLU-family rules (``graph_hooks``); ``untraceable`` says why fx failed.
+
+Errors: an unknown layer raises ``KeyError("unknown layer: expected one of
+[...], got 'x'")``; a bad unit, position, index, method or seed a ``ValueError``
+in the ``expected ..., got ...`` form; an op with no ``deconv``/``guided`` rule
+reached by the signal ``graph_rules.UnsupportedOp`` naming the op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .graph_rules import Ctx, UnsupportedOp, rule_for  # noqa: F401 (UnsupportedOp: re-exported)
+from .graph_trace import first_tensor, trace_model
+
+METHODS = ("deconv", "guided", "backprop")
+SEEDS = ("point", "map")
+
+
+def run_graph(root: nn.Module, graph: fx.Graph, x: torch.Tensor, gm: fx.GraphModule | None = None) -> dict:
+    """Run ``graph`` on ``x`` and return every node's value, by node name."""
+    gm = gm if gm is not None else fx.GraphModule(root, graph)
+    interp = fx.Interpreter(gm, garbage_collect_values=False)
+    with torch.no_grad():
+        interp.run(x)
+    return {n.name: v for n, v in interp.env.items()}
+
+
+@dataclass
+class GraphRecord:
+    """What one forward pass of the graph engine leaves behind (a batch of N inputs)."""
+
+    input: torch.Tensor  # (N, C, H, W)
+    logits: torch.Tensor  # the model's output (its first tensor when it returns several)
+    activations: dict[str, torch.Tensor]  # layer -> (N, C, H, W) or (N, C), every layer
+    values: dict = field(default_factory=dict, repr=False)  # fx node name -> value (traced models)
+    cache: dict = field(default_factory=dict, repr=False)  # max-pool switches, made on first use
+
+    def __len__(self) -> int:
+        return int(self.input.shape[0])
+
+    def select(self, index: int | list[int]) -> "GraphRecord":
+        """The record of a sub-batch (e.g. one image of a batch)."""
+        idx = [index] if isinstance(index, int) else list(index)
+        for i in idx:
+            if not 0 <= i < len(self):
+                raise ValueError(f"index: expected 0..{len(self) - 1}, got {i}")
+        sel = torch.tensor(idx, dtype=torch.long, device=self.input.device)
+        N = len(self)
+
+        def pick(v):
+            return v.index_select(0, sel) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == N else v
+
+        values = {k: pick(v) for k, v in self.values.items()}
+        acts = {k: pick(v) for k, v in self.activations.items()}
+        return GraphRecord(pick(self.input), pick(self.logits), acts, values)
+
+
+class GraphEngine:
+    """Projections for any ``nn.Module`` CNN (see the module docstring)."""
+
+    max_batch = 64  # items per backward pass
+    budget_elements = 8 << 20  # K is cut so that K x the largest map (per item) stays under this
+
+    def __init__(self, module: nn.Module, input_shape: tuple[int, int, int]):
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
+        if len(input_shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in input_shape):
+            raise ValueError(f"input_shape: expected (C, H, W) of positive ints, got {input_shape!r}")
+        self.input_shape = tuple(int(s) for s in input_shape)
+        t = trace_model(module, self.input_shape)
+        self._t = t
+        self.root = t.root
+        self.untraceable: str | None = t.untraceable
+        self.layers: list[str] = list(t.layers)
+        if t.graph is not None:
+            self._graph = t.graph
+            self._gm = fx.GraphModule(t.root, t.graph)
+            self._order = [n for n in t.graph.nodes]
+            self._index = {n.name: i for i, n in enumerate(self._order)}
+            self._input = next(n for n in self._order if n.op == "placeholder")
+            self._out = next(n for n in self._order if n.op == "output")
+            self._dep = self._depends_on_input()
+            self._rules = {n.name: rule_for(n, t.root) for n in self._order if n.op.startswith("call_")}
+        else:
+            from .graph_hooks import HookRoute
+
+            self._hooks = HookRoute(t.root, self.layers)
+
+    def _depends_on_input(self) -> set[str]:
+        dep = {self._input.name}
+        for n in self._order:
+            if any(a.name in dep for a in n.all_input_nodes):
+                dep.add(n.name)
+        return dep
+
+    def __repr__(self) -> str:
+        return f"GraphEngine({type(self.root).__name__}, {len(self.layers)} layers, untraceable={self.untraceable!r})"
+
+    # ------------------------------------------------------------ layers
+
+    def layer_info(self) -> list[dict]:
+        """``[{"name", "kind", "type", "channels", "shape", "parent"}]`` in forward order, at
+        ``input_shape``. ``kind``: ``"fc"`` for (N, C) outputs; ``"conv"`` for a module's
+        (N, C, H, W) output; ``"op"`` for a functional op's (N, C, H, W) output. ``type``: the
+        module's class name or the op's name; ``parent``: the enclosing module path or None."""
+        return [dict(self._t.info[name]) for name in self.layers]
+
+    def node_of(self, layer: str) -> str:
+        """The fx node whose value is ``layer`` (traced models)."""
+        self._check_layer(layer)
+        return self._t.node_of.get(layer, layer)
+
+    def unsupported(self, method: str) -> list[str]:
+        """Layer names of nodes that would raise under ``method`` if the signal reached them
+        (an empty list for ``backprop``; some may never get a signal, e.g. a gate's sigmoid)."""
+        if method == "backprop" or self.untraceable:
+            return []
+        from .graph_rules import unknown_rule
+
+        return [self._t.qualname.get(k, k) for k, r in self._rules.items() if r is unknown_rule]
+
+    def _check_layer(self, layer: str) -> None:
+        if layer not in self._t.info:
+            raise KeyError(f"unknown layer: expected one of {self.layers}, got {layer!r}")
+
+    # ------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> GraphRecord:
+        """Run the model on ``x`` (N, C, H, W) without autograd; record every layer."""
+        C = self.input_shape[0]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != C or not x.is_floating_point():
+            got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a float tensor of shape (N, {C}, H, W), got {got}")
+        if self.untraceable:
+            return self._hooks.forward(x)
+        env = run_graph(self.root, self._graph, x, self._gm)
+        out = fx.node.map_arg(self._out.args[0], lambda a: env[a.name])
+        acts = {layer: env[self._t.node_of[layer]] for layer in self.layers}
+        return GraphRecord(x, first_tensor(out), acts, env)
+
+    # ------------------------------------------------------------ projections
+
+    def project(self, rec: GraphRecord, layer: str, unit: int, method: str = "deconv", seed: str = "point",
+                position: tuple[int, int] | None = None, index: int = 0) -> torch.Tensor:
+        """One unit's projection: (C_in, H, W)."""
+        return self.project_many(rec, [(layer, unit, position, index)], method=method, seed=seed)[0]
+
+    def project_many(self, rec: GraphRecord, items: Iterable[Sequence], method: str = "deconv",
+                     seed: str = "point") -> torch.Tensor:
+        """Project K items ``(layer, unit, position_or_None[, index])``: (K, C_in, H, W) in
+        the order of ``items``; items of one layer run as batched passes."""
+        if method not in METHODS:
+            raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
+        if seed not in SEEDS:
+            raise ValueError(f"seed: expected one of {list(SEEDS)}, got {seed!r}")
+        if not isinstance(rec, GraphRecord):
+            raise TypeError(f"rec: expected a GraphRecord from GraphEngine.forward, got {type(rec).__name__}")
+        items = [self._check_item(rec, it, seed) for it in items]
+        if not items:
+            raise ValueError("items: expected at least one (layer, unit, position) item, got none")
+        groups: dict[str, list[int]] = {}
+        for k, it in enumerate(items):
+            groups.setdefault(it[0], []).append(k)
+        out = rec.input.new_zeros((len(items),) + tuple(rec.input.shape[1:]))
+        for layer, ks in groups.items():
+            step = self._step(rec, layer)
+            for i in range(0, len(ks), step):
+                part = ks[i:i + step]
+                res = self._project_group(rec, layer, [items[k] for k in part], method, seed)
+                out[torch.tensor(part, device=out.device)] = res
+        return out
+
+    def _step(self, rec: GraphRecord, layer: str) -> int:
+        if self.untraceable:
+            return self.max_batch
+        stop = self._index[self._t.node_of[layer]]
+        peak = max((v[0].numel() for n in self._order[:stop + 1] if n.name in self._dep
+                    for v in [rec.values.get(n.name)] if isinstance(v, torch.Tensor) and v.dim()), default=1)
+        return max(1, min(self.max_batch, self.budget_elements // max(peak, 1)))
+
+    def _check_item(self, rec: GraphRecord, item: Sequence, seed: str) -> tuple:
+        if isinstance(item, (str, bytes)) or not 3 <= len(item) <= 4:
+            raise ValueError(f"item: expected (layer, unit, position) or (layer, unit, position, index), got {item!r}")
+        layer, unit, position = item[0], item[1], item[2]
+        index = item[3] if len(item) == 4 else 0
+        self._check_layer(layer)
+        act = rec.activations.get(layer)
+        if act is None:
+            raise ValueError(f"rec: expected a record with layer {layer!r}, got one without it")
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(rec):
+            raise ValueError(f"index: expected 0..{len(rec) - 1}, got {index!r}")
+        C = act.shape[1]
+        if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < C:
+            raise ValueError(f"unit: expected 0..{C - 1}, got {unit!r}")
+        if position is not None:
+            if act.dim() == 2:
+                raise ValueError(f"position: {layer} is a fully connected layer; expected None, got {position!r}")
+            if seed == "map":
+                raise ValueError(f"position: a map seed uses the whole feature map; expected None, got {position!r}")
+            H, W = act.shape[-2:]
+            ok = isinstance(position, (tuple, list)) and len(position) == 2 and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in position)
+            if not ok or not (0 <= position[0] < H and 0 <= position[1] < W):
+                raise ValueError(f"position: expected (y, x) with y in 0..{H - 1} and x in 0..{W - 1}, "
+                                 f"got {position!r}")
+            position = (int(position[0]), int(position[1]))
+        return layer, int(unit), position, int(index)
+
+    def _project_group(self, rec: GraphRecord, layer: str, items: list[tuple], method: str,
+                       seed: str) -> torch.Tensor:
+        act = rec.activations[layer]
+        n = torch.tensor([it[3] for it in items], dtype=torch.long, device=act.device)
+        units = torch.tensor([it[1] for it in items], dtype=torch.long, device=act.device)
+        g = seed_batch(act, n, units, [it[2] for it in items], seed)
+        if self.untraceable:
+            return self._hooks.project(rec, layer, n, g, method)
+        return self._walk(rec, self._t.node_of[layer], g, n, method)
+
+    def _walk(self, rec: GraphRecord, start: str, g: torch.Tensor, n: torch.Tensor, method: str) -> torch.Tensor:
+        """The reverse walk: ``g`` at node ``start`` down to the input, (K, C, H, W)."""
+        ctx = Ctx(self.root, rec.values, rec.cache, n, method, self._dep, self._t.qualname)
+        sig: dict[str, object] = {start: g}
+        result = None
+        with torch.no_grad():
+            for node in reversed(self._order[:self._index[start] + 1]):
+                s = sig.pop(node.name, None)
+                if s is None:
+                    continue
+                if node is self._input:
+                    result = s
+                    break
+                if node.op == "placeholder":
+                    continue
+                for a, ga in self._rules[node.name](node, s, ctx):
+                    if ga is not None:
+                        sig[a.name] = _accumulate(sig.get(a.name), ga)
+        if result is None:  # the seed does not depend on the input (or is dead everywhere)
+            return rec.input.new_zeros((len(n),) + tuple(rec.input.shape[1:]))
+        return result
+
+
+def _accumulate(old, new):
+    if old is None:
+        return new
+    if isinstance(new, list):
+        return [b if a is None else (a if b is None else a + b) for a, b in zip(old, new)]
+    return old + new
+
+
+def strongest(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, x) of each item's strongest activation (first maximum in row-major order)."""
+    flat = act[n, units].flatten(1).argmax(1)
+    W = act.shape[-1]
+    return flat // W, flat % W
+
+
+def seed_batch(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor, positions: list, seed: str) -> torch.Tensor:
+    """The K seeds at one layer ``act`` (N, C[, H, W]): (K, C[, H, W]), zero but for the seeded
+    activation (point seed: its value at the position; map seed: the unit's map; fc: its value)."""
+    K = int(n.shape[0])
+    g = act.new_zeros((K,) + tuple(act.shape[1:]))
+    k = torch.arange(K, device=act.device)
+    if act.dim() == 2:
+        g[k, units] = act[n, units]
+    elif seed == "point":
+        ys, xs = strongest(act, n, units)
+        for i, p in enumerate(positions):
+            if p is not None:
+                ys[i], xs[i] = p
+        g[k, units, ys, xs] = act[n, units, ys, xs]
+    else:
+        g[k, units] = act[n, units]
+    return g
