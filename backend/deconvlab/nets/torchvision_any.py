@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ def weights_enum(arch: str, weights: str):
     name = weights.removeprefix(enum.__name__ + ".")
     if name not in enum.__members__:
         raise ValueError(f"weights for {arch}: expected a file, one of {list(TORCHVISION_ALIASES)} or one of "
-                         f"{list(enum.__members__)}, got {weights!r}")
+                         f"{[n for n in enum.__members__ if n not in TORCHVISION_ALIASES]}, got {weights!r}")
     return enum[name]
 
 
@@ -142,6 +143,10 @@ def load_torchvision_model(arch: str, weights: str | Path | None = None,
     except OSError as e:  # URLError is an OSError: no network and no cached file
         raise FileNotFoundError(f"{member}: not in torchvision's cache ({cached_file(member)}) and the "
                                 f"download failed ({e}); put the file there or pass a weights file") from e
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"refused {cached_file(member)}: it holds pickled Python objects, not only tensors, "
+                         f"and is read with torch.load(weights_only=True); delete it to download it again "
+                         f"({str(e).splitlines()[0]})") from None
     return model.eval(), {**transform_defaults(arch, member), "classes": cats or numbered(num_classes or 1000),
                           "weights": f"{type(member).__name__}.{member.name}"}
 

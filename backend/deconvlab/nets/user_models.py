@@ -133,7 +133,8 @@ def _entry(arch, weights, classes, input_size, mean, std, root: Path, trust: boo
         entry["weights"] = w
     if classes is not None:
         entry["classes"] = classes if isinstance(classes, list) else str(Path(classes).expanduser().resolve())
-    entry["input_size"] = int(input_size)
+    if input_size is not None:
+        entry["input_size"] = int(input_size)
     if mean is not None or std is not None:
         m, s = _norm(mean, std, {})
         entry["mean"], entry["std"] = list(m), list(s)
@@ -143,11 +144,12 @@ def _entry(arch, weights, classes, input_size, mean, std, root: Path, trust: boo
 
 
 def register(name: str, arch: str, weights: str | Path | None = None, classes: list[str] | str | Path | None = None,
-             input_size: int = 224, mean=None, std=None, models_dir: str | Path | None = None,
+             input_size: int | None = None, mean=None, std=None, models_dir: str | Path | None = None,
              trust: bool = False) -> Path:
     """Validate a user model and write its entry into ``<models_dir>/registry.json`` (atomically, keeping the
     others). Validation builds it, loads the weights and checks a zero image of ``input_size`` gives
-    ``(1, classes)``, with as many classes as are named. Returns the registry file's path."""
+    ``(1, classes)``, with as many classes as are named. ``input_size=None``: the weights' own (torchvision's
+    transforms, the export's input shape), else 224. Returns the registry file's path."""
     from .registry import models_dir as default_models_dir, read_registry
 
     if not name or "/" in name or name != name.strip():
