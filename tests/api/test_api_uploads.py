@@ -162,7 +162,7 @@ def test_every_mode_and_format_is_converted_not_refused(client, first, sample_im
 
 def test_store_is_atomic_and_survives_a_restart(settings, client, first, sample_image):
     iid, view = first
-    store = settings.state_dir() / "uploads"
+    store = settings.state_path() / "uploads"
     assert not list(store.rglob("*.tmp"))
     files = sorted(p.name for p in (store / iid[:2]).iterdir())
     assert files == [f"{iid}.json", f"{iid}.png"]

@@ -110,7 +110,7 @@ def server(tmp_path_factory):
         "DECONVLAB_MODELS": str(models),
         "DECONVLAB_DATA": str(data),
         "DECONVLAB_CACHE": str(root / "cache"),
-        "DECONVLAB_UPLOADS": str(root / "uploads"),
+        "DECONVLAB_STATE_DIR": str(root / "state"),  # uploads and results, not in the user cache
         "DECONVLAB_DEVICE": "cpu",
         "OMP_NUM_THREADS": "1",
     }

@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from . import errors
 from .config import Settings
-from .deps import AppState, ModelSlot
+from .state import AppState, ModelSlot
 
 log = logging.getLogger("deconvlab.api")
 
@@ -48,8 +48,6 @@ def load_models(state: AppState) -> None:
 
     s = state.settings
     Image.MAX_IMAGE_PIXELS = s.max_pixels  # PIL refuses (DecompressionBombError) beyond twice this
-    import torch
-
     # full fp32 on the GPU (no TF32): projections and occlusion maps equal the CPU's within float rounding
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

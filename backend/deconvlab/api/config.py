@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DECONVLAB_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DECONVLAB_", extra="ignore", populate_by_name=True)
 
     # address uvicorn binds; loopback by default so nothing is exposed unless asked
     host: str = "127.0.0.1"
@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     index_split: str = "val"
     # build a missing or stale top-k index in a background thread at start-up (`make run` turns it on)
     build_index: bool = False
-    # server state (uploads, occlusion results); empty: <cache dir>/server (DECONVLAB_CACHE or ~/.cache/deconvlab)
-    data_dir: str = ""
+    # the server's own files (uploads, occlusion results, evolution scans), not to be confused with
+    # ``data``, the data set it reads; empty: <cache dir>/server (DECONVLAB_CACHE or ~/.cache/deconvlab).
+    # DECONVLAB_STATE_DIR; the older name DECONVLAB_DATA_DIR (and ``data_dir=``) still works
+    state_dir: str = Field("", validation_alias=AliasChoices("DECONVLAB_STATE_DIR", "DECONVLAB_DATA_DIR"))
     # largest upload accepted, in bytes, counted while the body streams in (413 beyond)
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     # largest image accepted, in pixels (width x height), checked before decoding (413 beyond)
@@ -59,10 +61,20 @@ class Settings(BaseSettings):
 
         return Path(self.models) if self.models else models_dir()
 
-    def state_dir(self) -> Path:
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, values):
+        """``Settings(data_dir=...)``, the field's name before it was ``state_dir``."""
+        if isinstance(values, dict) and "data_dir" in values:
+            values = dict(values)
+            values.setdefault("state_dir", values.pop("data_dir"))
+        return values
+
+    def state_path(self) -> Path:
+        """The folder of the server's own files (``state_dir``, or its default)."""
         from ..data import cache_dir
 
-        return Path(self.data_dir) if self.data_dir else cache_dir() / "server"
+        return Path(self.state_dir) if self.state_dir else cache_dir() / "server"
 
     def frontend_path(self) -> Path:
         if self.frontend_dir:

@@ -9,16 +9,13 @@ import numpy as np
 from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
-from ..deps import Index, Model, State
-from ..errors import IndexUnavailable, NotFound, Unprocessable, library_errors
+from ..deps import Index, Model, Split, State
+from ..errors import NotFound, Unprocessable, library_errors
+from ..params import Layer, Rank, Unit, model_query
 from ..png import PNG_HEADERS, png_bytes, projection_png
 from ..schemas import Samples, Top, TopEntry
 
 router = APIRouter(tags=["top-k"])
-
-Layer = Annotated[str, Path(description="paper layer name: conv1 .. conv5, fc6 .. fc8")]
-Unit = Annotated[int, Path(description="unit (channel) of the layer")]
-Rank = Annotated[int, Path(description="0 = the strongest")]
 
 
 @router.get("/layers/{layer}/units/{unit}/top", response_model=Top)
@@ -36,7 +33,7 @@ async def top(state: State, slot: Model, idx: Index, layer: Layer, unit: Unit,
             return idx.entries(layer, unit)[:k]
 
     entries = await state.runner.run(work)
-    base, q = f"/api/layers/{layer}/units/{unit}/top", f"?model={slot.name}"
+    base, q = f"/api/layers/{layer}/units/{unit}/top", model_query(slot)
     return Top(model=slot.name, layer=layer, unit=unit, entries=[TopEntry(
         rank=e["rank"], image_index=e["image_index"], image_id=e["image_id"], label=e["label"], value=e["value"],
         position=None if e["position"] is None else list(e["position"]), box=list(e["box"]),
@@ -70,17 +67,10 @@ async def top_projection(state: State, slot: Model, idx: Index, layer: Layer, un
     return Response(await state.runner.run(work), media_type="image/png", headers=PNG_HEADERS)
 
 
-def _split(state):
-    if state.split is None:
-        raise IndexUnavailable("the server has no data set: set DECONVLAB_DATA to an ImageFolder root")
-    return state.split
-
-
 @router.get("/dataset/images/{image_index}", response_class=FileResponse,
             responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-async def dataset_image(state: State, image_index: Annotated[int, Path()]) -> FileResponse:
+async def dataset_image(split: Split, image_index: Annotated[int, Path()]) -> FileResponse:
     """A whole data-set image, as stored (addressed by its index in the sorted listing)."""
-    split = _split(state)
     if not 0 <= image_index < len(split):
         raise NotFound(f"unknown data-set image: {image_index} (expected 0..{len(split) - 1})")
     path = split.path(image_index)
@@ -89,10 +79,9 @@ async def dataset_image(state: State, image_index: Annotated[int, Path()]) -> Fi
 
 
 @router.get("/dataset/samples", response_model=Samples)
-async def dataset_samples(state: State, n: Annotated[int, Query()] = 12,
+async def dataset_samples(split: Split, n: Annotated[int, Query()] = 12,
                           seed: Annotated[int, Query()] = 0) -> Samples:
     """``n`` data-set images drawn at random (the same ``seed``, the same draw)."""
-    split = _split(state)
     if not 1 <= n <= 200:
         raise Unprocessable(f"n: expected 1..200, got {n}")
     if seed < 0:
