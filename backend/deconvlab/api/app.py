@@ -8,8 +8,9 @@ limit to the server's pixel limit. Routes live in ``routes/``; the error
 mapping in ``errors.py``; the single inference thread in ``runner.py``.
 
 ``/docs`` is Swagger UI from files on disk (the ``fastapi-offline`` package's
-copy), so it works with no network. The browser app (``frontend/``) is served
-at ``/`` when its ``index.html`` exists.
+copy), so it works with no network. The browser app (the package's copy in a
+wheel, the checkout's ``frontend/`` otherwise: ``Settings.frontend_path()``) is
+served at ``/`` when its ``index.html`` exists, its tests not (``static.py``).
 """
 
 from __future__ import annotations
@@ -22,22 +23,15 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
-from . import errors
+from . import errors, static
 from .config import Settings
 from .state import AppState, ModelSlot
 
 log = logging.getLogger("deconvlab.api")
 
 DOCS_STATIC = "/docs-static"
-
-
-def _docs_assets() -> Path:
-    import fastapi_offline.core as fo
-
-    return Path(fo._STATIC_PATH)
 
 
 def load_models(state: AppState) -> None:
@@ -163,7 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (system.router, images.router, top.router, occlusion.router, filters.router, analyses.router):
         app.include_router(r, prefix="/api")
 
-    app.mount(DOCS_STATIC, StaticFiles(directory=_docs_assets()), name="docs-static")
+    app.mount(DOCS_STATIC, static.docs_files(), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     async def docs():
@@ -173,6 +167,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
 
     front = settings.frontend_path()
-    if (front / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=front, html=True), name="frontend")
+    if front is not None and (front / "index.html").is_file():
+        app.mount("/", static.frontend_files(front), name="frontend")
     return app

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     occlusion_max_passes: int = Field(4096, ge=1)
     # occluder positions per batch in the occlusion computation
     occlusion_batch: int = Field(128, ge=1)
-    # folder of the browser app served at "/" when it holds index.html; empty: the repository's frontend/
+    # browser app served at "/" (a folder with index.html); empty: the package's copy or the checkout's frontend/
     frontend_dir: str = ""
 
     def model_names(self) -> list[str]:
@@ -61,6 +61,8 @@ class Settings(BaseSettings):
 
         return Path(self.models) if self.models else models_dir()
 
+        """``models``, else ``deconvlab.nets.models_dir()`` (``$DECONVLAB_MODELS``, the user folder over
+        the shipped models, or the checkout's ``models/``)."""
     @model_validator(mode="before")
     @classmethod
     def _older_names(cls, values):
@@ -76,7 +78,9 @@ class Settings(BaseSettings):
 
         return Path(self.state_dir) if self.state_dir else cache_dir() / "server"
 
-    def frontend_path(self) -> Path:
+    def frontend_path(self) -> Path | None:
+        """``frontend_dir``, else the package's copy of the browser app, else the checkout's ``frontend/``
+        (``deconvlab._resources.frontend_dir``); ``None`` when there is none (no app at ``/``)."""
         if self.frontend_dir:
             return Path(self.frontend_dir)
         return Path(__file__).resolve().parents[3] / "frontend"

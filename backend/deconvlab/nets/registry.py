@@ -100,19 +100,86 @@ def build(meta: ModelMeta) -> nn.Module:
     return ARCHS[meta.arch](meta)
 
 
+def user_models_dir() -> Path:
+    """``<cache dir>/models`` (``$DECONVLAB_CACHE`` or ``~/.cache/deconvlab``): the user's own models."""
+    from ..data import cache_dir
+
+    return cache_dir() / "models"
+
+
 def models_dir() -> Path:
-    """``$DECONVLAB_MODELS``, else the repository's ``models/`` folder."""
+    """The models folder: the one ``read_registry``, ``resolve`` read and ``publish``, ``register`` write.
+
+    ===  ==========================================================  ==========================================
+    #    when                                                        folder
+    ===  ==========================================================  ==========================================
+    1    ``$DECONVLAB_MODELS`` is set                                that folder, alone
+    2    the user folder holds ``registry.json``, or the package     ``user_models_dir()``, read as its entries
+         carries models of its own (installed from a wheel)          on top of the shipped ones (``read_registry``)
+    3    an editable install (no user registry)                      the checkout's ``models/``
+    4    none of these                                               ``user_models_dir()`` (empty until a publish)
+    ===  ==========================================================  ==========================================
+
+    Rule 2 never hands out the wheel's own folder, so nothing is ever written
+    into the installed package; rule 3 keeps ``make train`` publishing into
+    the checkout. Where the shipped models are: ``deconvlab._resources``.
+    """
+    from .._resources import SHIPPED, checkout_root
+
     env = os.environ.get("DECONVLAB_MODELS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[3] / "models"
+    user = user_models_dir()
+    if (user / "registry.json").is_file() or (SHIPPED / "models" / "registry.json").is_file():
+        return user
+    root = checkout_root()
+    if root is not None and (root / "models" / "registry.json").is_file():
+        return root / "models"
+    return user
+
+
+SHIPPED_MARK = "shipped"  # key marking an entry read_registry layered in from the shipped models
+_PATH_KEYS = ("checkpoint", "snapshots", "card", "weights", "classes")  # entry values that may name files
+
+
+def _shipped_entries() -> tuple[dict, str]:
+    """The shipped registry's entries (file names made absolute, marked ``SHIPPED_MARK``) and its default."""
+    from .._resources import shipped_models_dir
+
+    base = shipped_models_dir()
+    if base is None:
+        return {}, DEFAULT_MODEL
+    reg = json.loads((base / "registry.json").read_text())
+    out = {}
+    for name, entry in reg["models"].items():
+        entry = dict(entry)
+        for k in _PATH_KEYS:  # only values that name a shipped file: "torchvision" or a class list stay
+            v = entry.get(k)
+            if isinstance(v, str) and not Path(v).is_absolute() and (base / v).exists():
+                entry[k] = str(base / v)
+        out[name] = {**entry, SHIPPED_MARK: True}
+    return out, reg.get("default", DEFAULT_MODEL)
 
 
 def read_registry(root: Path | None = None) -> dict:
-    path = (root or models_dir()) / "registry.json"
-    if not path.is_file():
-        return {"default": DEFAULT_MODEL, "models": {}}
-    return json.loads(path.read_text())
+    """``<root>/registry.json`` (default ``models_dir()``) as ``{"default", "models": {name: entry}}``.
+
+    The user folder (``user_models_dir()``) is read layered: the shipped
+    models first, its own entries on top (same name: the user's wins), its
+    ``default`` when it names a model, else the shipped default. Entries marked
+    ``SHIPPED_MARK`` in the user's file (a read-modify-write of this answer
+    saved them) are dropped and re-read from the package, so they never go
+    stale. Any other folder is read alone.
+    """
+    root = root or models_dir()
+    path = root / "registry.json"
+    reg = json.loads(path.read_text()) if path.is_file() else {"default": DEFAULT_MODEL, "models": {}}
+    if Path(root).resolve() != user_models_dir().resolve():
+        return reg
+    models, default = _shipped_entries()
+    models.update({n: e for n, e in reg.get("models", {}).items() if not e.get(SHIPPED_MARK)})
+    own = reg.get("default") if path.is_file() else None
+    return {**reg, "default": own if own in models else default, "models": models}
 
 
 def model_names(root: Path | None = None) -> list[str]:
