@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import pair
 from ..nets.registry import layer_map
 
 # layers that act on each spatial position separately: a changed patch stays the same patch
@@ -204,23 +205,19 @@ def _run_full(children, inputs, x, batch, size, t_index, c, fallback):
     return a, h
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
-
-
 def _local_geometry(m: nn.Module):
     """(kernel, stride, padding, dilation, pad value, op) of a spatially local layer, else None."""
     if isinstance(m, nn.Conv2d):
         if isinstance(m.padding, str) or m.padding_mode != "zeros":
             return None
-        k, s, p, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.padding), _pair(m.dilation)
+        k, s, p, d = pair(m.kernel_size), pair(m.stride), pair(m.padding), pair(m.dilation)
         return k, s, p, d, 0.0, lambda t: F.conv2d(t, m.weight, m.bias, s, 0, d, m.groups)
     if isinstance(m, nn.MaxPool2d):
-        k, s, p, d = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding), _pair(m.dilation)
+        k, s, p, d = pair(m.kernel_size), pair(m.stride or m.kernel_size), pair(m.padding), pair(m.dilation)
         return k, s, p, d, -math.inf, lambda t: F.max_pool2d(t, k, s, 0, d)
-    if isinstance(m, nn.AvgPool2d) and _pair(m.padding) == (0, 0) and not m.ceil_mode \
+    if isinstance(m, nn.AvgPool2d) and pair(m.padding) == (0, 0) and not m.ceil_mode \
             and m.divisor_override is None:
-        k, s = _pair(m.kernel_size), _pair(m.stride or m.kernel_size)
+        k, s = pair(m.kernel_size), pair(m.stride or m.kernel_size)
         return k, s, (0, 0), (1, 1), 0.0, lambda t: F.avg_pool2d(t, k, s)
     return None
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
+
+from .._util import ByteLRU
 
 
 class QueueFull(Exception):
@@ -56,42 +57,34 @@ def nbytes(obj: Any, _seen: set | None = None) -> int:
     return 0
 
 
-class RecordCache:
-    """LRU of computed values, bounded by their tensors' bytes (``max_bytes``; 0 keeps nothing)."""
+class RecordCache(ByteLRU):
+    """LRU of computed values, bounded by their tensors' bytes (``max_bytes``; 0 keeps nothing).
+
+    A :class:`deconvlab._util.ByteLRU` (a value larger than the bound is computed, not kept) with a
+    lock and hit/miss counts; the value is computed outside the lock."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: "OrderedDict[Any, tuple[Any, int]]" = OrderedDict()
-        self.bytes = 0
+        super().__init__(max_bytes)
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
 
     def get_or_compute(self, key, compute: Callable[[], Any]):
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
+            if key in self:
                 self.hits += 1
-                return self._items[key][0]
+                return self.get(key)
             self.misses += 1
         value = compute()
         size = nbytes(value)
         with self._lock:
-            if size <= self.max_bytes and key not in self._items:
-                self._items[key] = (value, size)
-                self.bytes += size
-                while self.bytes > self.max_bytes:
-                    _, (_, s) = self._items.popitem(last=False)
-                    self.bytes -= s
+            if key not in self:  # another thread may have kept it meanwhile
+                self.put(key, value, size)
         return value
-
-    def __len__(self) -> int:
-        return len(self._items)
 
     def clear(self) -> None:
         with self._lock:
-            self._items.clear()
-            self.bytes = 0
+            super().clear()
 
 
 class Runner:

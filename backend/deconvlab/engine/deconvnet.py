@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import pair
 from . import sparse_step
 from .receptive_field import Window
 from .switches import Record
@@ -272,7 +273,7 @@ def conv_transpose(g: torch.Tensor, weight: torch.Tensor, stride, dilation, grou
     same sums; the deconvolution kernel is two to three times slower for this
     shape on a CPU.
     """
-    st, dl = _pair(stride), _pair(dilation)
+    st, dl = pair(stride), pair(dilation)
     cin = weight.shape[1] * groups
     if groups != 1 or cin > PHASE_MAX_CHANNELS or dl != (1, 1) or g.device.type != "cpu" or st[0] != st[1]:
         return F.conv_transpose2d(g, weight, stride=stride, dilation=dilation, groups=groups)
@@ -282,10 +283,6 @@ def conv_transpose(g: torch.Tensor, weight: torch.Tensor, stride, dilation, grou
     my, mx = wp.shape[-2:]
     out = F.pixel_shuffle(F.conv2d(g, wp, padding=(my - 1, mx - 1)), st[0])
     return out[:, :, :(h - 1) * st[0] + kh, :(w - 1) * st[1] + kw]
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Signal:
@@ -298,7 +295,7 @@ def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Sig
         # one channel per item: transpose only the seeded unit's filter (grouped over items)
         K, _, h, w = sig.g.shape
         wk = weight.index_select(0, sig.units)  # (K, Cin, kh, kw)
-        if h == 1 and w == 1 and _pair(m.dilation) == (1, 1):  # a point: the filter, scaled
+        if h == 1 and w == 1 and pair(m.dilation) == (1, 1):  # a point: the filter, scaled
             g = wk * sig.g
         else:
             g = F.conv_transpose2d(sig.g.reshape(1, K, h, w), wk, stride=m.stride, dilation=m.dilation, groups=K)

@@ -28,13 +28,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .._util import pair
+
 # children that do not move anything spatially
 ELEMENTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout, nn.Identity)
 WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @dataclass(frozen=True)
@@ -52,14 +50,14 @@ class Window:
         if isinstance(m, nn.Conv2d):
             if isinstance(m.padding, str):
                 raise ValueError(f"receptive field: expected numeric conv padding, got {m.padding!r}")
-            return cls(_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), _pair(m.dilation))
+            return cls(pair(m.kernel_size), pair(m.stride), pair(m.padding), pair(m.dilation))
         if isinstance(m, nn.MaxPool2d):
             stride = m.stride if m.stride is not None else m.kernel_size
-            return cls(_pair(m.kernel_size), _pair(stride), _pair(m.padding), _pair(m.dilation),
+            return cls(pair(m.kernel_size), pair(stride), pair(m.padding), pair(m.dilation),
                        bool(m.ceil_mode))
         if isinstance(m, nn.AvgPool2d):
             stride = m.stride if m.stride is not None else m.kernel_size
-            return cls(_pair(m.kernel_size), _pair(stride), _pair(m.padding), (1, 1), bool(m.ceil_mode))
+            return cls(pair(m.kernel_size), pair(stride), pair(m.padding), (1, 1), bool(m.ceil_mode))
         raise TypeError(f"not a sliding-window layer: {type(m).__name__}")
 
     def out_size(self, n: int, axis: int) -> int:
