@@ -8,12 +8,39 @@ archive into the cache (progress bar, checksum, resume of a broken download).
 Training decodes every image once into a uint8 array (``decoded``), cached on
 disk as ``.npy`` keyed by the listing's hash, because decoding JPEGs every epoch
 costs a large share of an epoch on two cores.
+
+Every image is read by ``open_image`` (a path, bytes or an open PIL image; the
+server's uploads, the data sets, the top-k index and the CLI all go through it
+or through ``to_rgb``), which applies, in this order:
+
+==============  ==========================================================  ===============================
+step            rule                                                        when the metadata is unusable
+==============  ==========================================================  ===============================
+1 orientation   EXIF Orientation 2..8 (mirror, rotate 90/180/270, transpose  orientation as stored; a note
+                / transverse: ``ImageOps.exif_transpose``) before anything
+                else; 1, no tag or a value outside 1..8: as stored
+2 colour        an embedded ICC profile (RGB, GRAY or CMYK) converted to     pixels read as sRGB; a note
+                sRGB by LittleCMS (``ImageCms``) at the profile's own
+                rendering intent; no profile: the pixels are sRGB
+3 mode          L, LA, RGBA, P, CMYK, I;16, I, F -> RGB; alpha composited    (never refused)
+                on white; 16-bit scaled from 0..65535, I/F from their range
+==============  ==========================================================  ===============================
+
+"A note" is a sentence appended to the caller's ``notes`` list, or a warning
+on the ``deconvlab.data`` logger when the caller passes none. The result has
+no orientation tag and no profile left, so reading it again changes nothing.
+
+``resize_crop`` is the model's view (shorter side to S, centre S x S crop),
+computed crop first so its cost is bounded by S, not by the input's longer side.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -21,9 +48,10 @@ import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -97,14 +125,114 @@ def list_split(root: str | Path, split: str) -> Split:
     return Split(root, split, class_ids, files, targets)
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
+# ---------------------------------------------------------------- reading images
+
+log = logging.getLogger("deconvlab.data")
+
+# Bump when what an image decodes to changes (2: EXIF orientation and ICC profiles applied); part of
+# the key of the decoded-array cache, so arrays decoded under an older rule are never reused.
+DECODE_VERSION = 2
+
+ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, Image.Image]
+
+_ORIENTATION = 0x0112  # EXIF / TIFF tag 274
+_PROFILE_SPACES = {"RGB": "RGB", "GRAY": "L", "CMYK": "CMYK"}  # ICC colour space -> the PIL mode it reads
+_SRGB = ImageCms.createProfile("sRGB")
+
+
+def open_image(source: ImageSource, notes: list[str] | None = None) -> Image.Image:
+    """THE reader of images (uploads, data sets, the CLI): a path, encoded bytes or an open PIL
+    image -> a new upright sRGB RGB image (the first frame of a GIF, the first page of a TIFF).
+
+    Decoding errors propagate (``OSError``, ``SyntaxError``, ``Image.DecompressionBombError``);
+    what ``to_rgb`` does after decoding never fails on the metadata (see there).
+    """
+    if isinstance(source, Image.Image):
+        return to_rgb(source, notes)
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    with Image.open(fp) as im:
         im.seek(0)
-        return to_rgb(im)
+        im.load()
+        return to_rgb(im, notes)
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode (L, LA, RGBA, P, CMYK, I;16, I, F, ...) -> RGB; alpha composited on white."""
+def load_rgb(path: str | Path) -> Image.Image:
+    """``open_image(path)``: the data-set code's name for it."""
+    return open_image(path)
+
+
+def to_rgb(im: Image.Image, notes: list[str] | None = None) -> Image.Image:
+    """A decoded PIL image -> a new upright sRGB RGB image, in the order of the table in the module doc:
+    orientation, colour profile, mode.
+
+    An unreadable EXIF block or an unusable ICC profile is never an error: that step is
+    skipped (orientation as stored; pixels read as sRGB) and a sentence saying so is appended
+    to ``notes``, or logged as a warning (logger ``deconvlab.data``) when ``notes`` is None.
+    The result carries neither an Orientation tag nor a profile, so ``to_rgb`` of it is itself.
+    """
+    im.load()  # decoding errors are the caller's, never taken for a metadata problem below
+    icc = im.info.get("icc_profile")
+    im = _upright(im, notes)
+    base = _flatten(im)
+    out = _to_srgb(im, base, icc, notes) if icc else base
+    out.info.pop("icc_profile", None)
+    return out
+
+
+def _note(notes: list[str] | None, message: str) -> None:
+    if notes is None:
+        log.warning(message)
+    else:
+        notes.append(message)
+
+
+def _why(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _upright(im: Image.Image, notes: list[str] | None) -> Image.Image:
+    """Orientation 2..8 applied (``ImageOps.exif_transpose``); 1, no tag or a value outside 1..8: as stored."""
+    try:
+        if im.getexif().get(_ORIENTATION, 1) in range(2, 9):
+            return ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 -- a broken EXIF block must not refuse the photo
+        _note(notes, f"EXIF block unreadable ({_why(e)}): the orientation is ignored")
+    return im
+
+
+def _to_srgb(im: Image.Image, base: Image.Image, icc: bytes, notes: list[str] | None) -> Image.Image:
+    """``base`` (``im`` flattened to RGB) converted from ``im``'s embedded profile to sRGB; ``base`` when unusable."""
+    mode = "CMYK" if im.mode == "CMYK" else ("L" if _is_grey(im.mode) else "RGB")
+    try:
+        transform = _srgb_transform(bytes(icc), mode)
+        src = im if mode == "CMYK" else (base.convert("L") if mode == "L" else base)
+        return ImageCms.applyTransform(src, transform)
+    except Exception as e:  # noqa: BLE001 -- by contract (api/README.md) an unusable profile is ignored
+        _note(notes, f"embedded ICC profile ignored ({_why(e)}): the pixels are read as sRGB")
+        return base
+
+
+def _is_grey(mode: str) -> bool:
+    return mode in ("1", "L", "LA", "La", "I", "F") or mode.startswith("I;16")
+
+
+@functools.lru_cache(maxsize=16)
+def _srgb_transform(icc: bytes, mode: str) -> "ImageCms.ImageCmsTransform":
+    """LittleCMS transform from the profile ``icc`` (read by ``mode`` images) to sRGB, at the profile's own intent."""
+    src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    space = src.profile.xcolor_space.strip()
+    want = _PROFILE_SPACES.get(space)
+    if want is None:
+        raise ValueError(f"colour space: expected one of {', '.join(_PROFILE_SPACES)}, got {space!r}")
+    if want != mode:
+        raise ValueError(f"the profile is {space}, the image {mode}")
+    intent = ImageCms.Intent(src.profile.rendering_intent)
+    return ImageCms.buildTransform(src, _SRGB, mode, "RGB", renderingIntent=intent)
+
+
+def _flatten(im: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, RGBA, P, CMYK, I;16, I, F, ...) -> a new RGB image; alpha composited on white."""
     if im.mode == "RGB":
         return im.copy()
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -122,14 +250,24 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def resize_crop(im: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bilinear, antialiased), then centre-crop ``size``x``size``."""
+    """The model's view: the shorter side resized to ``size`` (bilinear, antialiased), then the
+    centre ``size`` x ``size`` crop.
+
+    Computed crop first: the crop's box is mapped back into ``im`` and only that box is
+    resampled (``Image.resize(box=...)``, the same filter taps as resizing everything), so
+    the work and memory are bounded by the output and the box, never by the resized whole
+    (a 1 x 16000 image would otherwise be resized to 224 x 3,584,000 first).
+    """
     w, h = im.size
+    if w < 1 or h < 1 or size < 1:
+        raise ValueError(f"resize_crop: expected a non-empty image and size >= 1, got {w}x{h} and {size}")
     s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))  # the resized whole (never made)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    if (nw, nh) == (w, h):
+        return im.crop((left, top, left + size, top + size))
+    box = (left * w / nw, top * h / nh, (left + size) * w / nw, (top + size) * h / nh)
+    return im.resize((size, size), Image.BILINEAR, box=box, reducing_gap=None)
 
 
 def _decode_one(args) -> np.ndarray:
@@ -146,7 +284,8 @@ def decoded(split: Split, size: int, workers: int | None = None, progress: bool 
     if indices is not None:
         return _decode_many([(split.path(int(i)), size) for i in indices], size, workers, progress,
                             f"decode {split.name} @{size}px")
-    key = hashlib.sha256(f"{split.root.resolve()}|{split.name}|{size}|{split.listing_hash()}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{split.root.resolve()}|{split.name}|{size}|{split.listing_hash()}|v{DECODE_VERSION}"
+                         .encode()).hexdigest()[:16]
     path = cache_dir() / "arrays" / f"{split.name}-{size}-{key}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
