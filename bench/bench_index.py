@@ -7,8 +7,8 @@ Measures, side by side in one run, on one split of the data set
 model (``zfnet-imagenette``; a random-weight model of the same architecture
 when it is not trained yet -- same cost, which the output says):
 
-1. **scan vs forward**: the activation scan (:func:`deconvlab.index.top_k.scan` plus
-   the :class:`~deconvlab.index.top_k.TopK` update) against a plain forward pass
+1. **scan vs forward**: the activation scan (:func:`deconvlab.index.scan.scan_values` plus
+   the :class:`~deconvlab.index.tracker.TopK` update) against a plain forward pass
    (``module(x)``) over the same pre-decoded batches, batch by batch, the
    order alternating, so both share whatever else the machine is doing.
    Target: scan throughput >= 0.8x the forward's.
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT / "backend"))
 
 from deconvlab.engine import sparse_step  # noqa: E402
 from deconvlab.data import data_root, decoded, list_split  # noqa: E402
-from deconvlab.index.top_k import (TopK, TopKIndex, argmax_positions, build_index, index_layers,  # noqa: E402
+from deconvlab.index import (TopK, TopKIndex, argmax_positions, build_index, index_layers,  # noqa: E402
                              scan_values)
 
 

@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 _LAZY = {  # public name -> (module, attribute or None for the module itself)
     "Net": ("deconvlab.net", "Net"),
-    "TopKIndex": ("deconvlab.index.top_k", "TopKIndex"),
+    "TopKIndex": ("deconvlab.index", "TopKIndex"),
     "occlusion": ("deconvlab.analyses.occlusion", "occlusion"),
     "render": ("deconvlab.render", None),
 }

@@ -103,7 +103,7 @@ def test_strongest_activation_and_projection_per_snapshot_are_known(toy_run, toy
 
 def test_snapshot_scan_keeps_the_first_strongest_image_across_batches():
     from deconvlab.analyses.evolution import SnapshotScan
-    from deconvlab.index.top_k import LayerInfo
+    from deconvlab.index import LayerInfo
 
     sc = SnapshotScan.empty(1, [LayerInfo("conv1", "relu1", "conv", 2, (2, 4, 4), 0)])
     values = np.array([[1.0, 5.0], [3.0, 5.0], [3.0, 2.0]], np.float32)

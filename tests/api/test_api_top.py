@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import make_sample_image
 from deconvlab.api import Settings, create_app
-from deconvlab.index.top_k import TopKIndex, build_index, default_index_path
+from deconvlab.index import TopKIndex, build_index, default_index_path
 
 MODEL = "zfnet-imagenette"
 

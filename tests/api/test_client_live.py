@@ -11,7 +11,7 @@ from PIL import Image
 
 from deconvlab.client import ApiError, Client
 from deconvlab.analyses.occlusion import occlusion
-from deconvlab.index.top_k import build_index, default_index_path
+from deconvlab.index import build_index, default_index_path
 from conftest import live_server
 from test_api_top import MODEL, make_dataset
 

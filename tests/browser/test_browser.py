@@ -116,7 +116,7 @@ def server(tmp_path_factory):
     }
     # The top-k index the gallery reads, where the server looks for it (in-process:
     # a `deconvlab index` subprocess would spend most of its time importing torch).
-    from deconvlab.index.top_k import build_index
+    from deconvlab.index import build_index
 
     with pytest.MonkeyPatch.context() as mp:
         for key in ("DECONVLAB_MODELS", "DECONVLAB_DATA", "DECONVLAB_CACHE"):

@@ -18,8 +18,8 @@ from torch import nn
 
 from deconvlab.data import list_split, load_rgb, resize_crop
 from deconvlab.nets import ModelMeta, ZFNetConfig, zfnet
-from deconvlab.index.top_k import (StaleIndexError, TopK, TopKIndex, build_index, default_index_path, index_layers,
-                             argmax_positions, index_status, model_sha256, scan, scan_values, shard_batches)
+from deconvlab.index import (StaleIndexError, TopK, TopKIndex, argmax_positions, build_index, default_index_path,
+                             index_layers, index_status, model_sha256, scan, scan_values, shard_batches)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # predictable on a busy machine (tests/conftest.py)
 
@@ -516,8 +516,8 @@ def test_the_unit_cache_is_bounded(handset_data, tmp_path):
     for unit in range(3):
         idx.projection("conv1", unit, 0)
         idx.patch("fc8", unit % 2, 0)
-        assert idx._cache_bytes <= 3000 or len(idx._cache) == 1
-    assert len(idx._cache) < 6
+        assert idx.cache.bytes <= 3000 or len(idx.cache) == 1
+    assert len(idx.cache) < 6
     with pytest.raises(ValueError, match="rank: expected an integer in 0..2, got 3"):
         idx.patch("conv1", 0, 3)
     with pytest.raises(ValueError, match="unit: expected an integer in 0..1 for layer fc8, got -1"):
@@ -559,23 +559,23 @@ def test_two_ranks_under_torchrun_equal_one_process(noise_data, tmp_path):
 
 
 def test_open_or_build_builds_once_then_opens_and_rebuilds_when_stale(handset_data, tmp_path, monkeypatch):
-    from deconvlab.index import top_k
+    from deconvlab.index import serve
 
     monkeypatch.setenv("DECONVLAB_CACHE", str(tmp_path / "cache"))
     net = as_net(handset_model(), SIZE, "handset")
     builds = []
-    real = top_k.build_index
-    monkeypatch.setattr(top_k, "build_index", lambda *a, **kw: builds.append(1) or real(*a, **kw))
-    idx = top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
+    real = serve.build_index
+    monkeypatch.setattr(serve, "build_index", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    idx = serve.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
     assert idx.path == default_index_path("handset", handset_data, "val") and builds == [1]
     assert [e["image_index"] for e in idx.entries("conv1", 0)] == [2, 10, 0]
-    top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
+    serve.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
     assert builds == [1]  # fresh: opened, not rebuilt
     with torch.no_grad():
         net.module.conv1.weight[0] *= -1  # the red detector now prefers green and blue
     with pytest.raises(StaleIndexError, match="weights changed"):
-        top_k.open_or_build(net, handset_data, "val", k=3, rebuild_stale=False)
-    idx = top_k.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
+        serve.open_or_build(net, handset_data, "val", k=3, rebuild_stale=False)
+    idx = serve.open_or_build(net, handset_data, "val", k=3, workers=0, progress=False)
     assert builds == [1, 1] and [e["image_index"] for e in idx.entries("conv1", 0)][:1] == [4]
 
 

@@ -40,9 +40,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._util import atomic_npz
 from ..data import Split, decoded, list_split
+from ..index.scan import LayerInfo, index_layers, scan
 from ..nets import load_checkpoint, models_dir, read_registry
-from ..index.top_k import LayerInfo, index_layers, scan
 
 SNAPSHOT_RE = re.compile(r"^epoch-(\d+)\.safetensors$")
 
@@ -258,11 +259,11 @@ class Evolution:
         rows = self.image_indices[first_row:first_row + self.batch_size]
         x = self.load(rows)
         for e, net in self.nets:
-            sc = self.scans[e]
-            if sc.scanned != first_row:
-                raise ValueError(f"scan: expected the batch at row {sc.scanned}, got {first_row}")
-            v, p = scan(net.module, x.to(net.device), sc.layers)
-            sc.update(v.numpy(), p.numpy(), first_row)
+            snapshot = self.scans[e]
+            if snapshot.scanned != first_row:
+                raise ValueError(f"scan: expected the batch at row {snapshot.scanned}, got {first_row}")
+            values, positions = scan(net.module, x.to(net.device), snapshot.layers)  # the index's scan loop
+            snapshot.update(values.numpy(), positions.numpy(), first_row)
 
     def scan(self, progress: bool = False) -> "Evolution":
         from tqdm import tqdm
@@ -274,8 +275,6 @@ class Evolution:
 
     def save(self, path: str | Path) -> Path:
         """Write the finished scans to ``path`` (``.npz``, atomically) for ``load_scans``."""
-        import os
-
         if not self.scanned:
             raise ValueError("save: expected a finished scan (call scan first)")
         path = Path(path)
@@ -283,10 +282,7 @@ class Evolution:
         arrays = {"image_indices": self.image_indices, "epochs": np.asarray(self.epochs)}
         for e, sc in self.scans.items():
             arrays.update({f"value_{e}": sc.value, f"row_{e}": sc.row, f"position_{e}": sc.position})
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-        return path
+        return atomic_npz(path, arrays)
 
     def load_scans(self, path: str | Path) -> bool:
         """Take the scans from a ``save`` file when it is for the same epochs, images and units; True if so."""
@@ -427,8 +423,9 @@ def build_evolution(model: str | Path, data: str | Path, split: str | Split = "v
     paths = snapshot_paths(model, root)
     nets = load_snapshots(paths, device=device)
     meta = nets[0][1].meta
-    sp = split if isinstance(split, Split) else list_split(data, split)
-    idx = subset_indices(len(sp), n, seed)
-    ev = Evolution(nets, idx, image_loader(sp, meta.input_size, meta.mean, meta.std), batch_size=batch_size)
-    ev.key = scan_key(paths, sp, n, seed)
+    listing = split if isinstance(split, Split) else list_split(data, split)
+    indices = subset_indices(len(listing), n, seed)
+    ev = Evolution(nets, indices, image_loader(listing, meta.input_size, meta.mean, meta.std),
+                   batch_size=batch_size)
+    ev.key = scan_key(paths, listing, n, seed)
     return ev

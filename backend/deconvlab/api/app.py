@@ -86,20 +86,15 @@ def _load_net(name: str, root: Path, device: str):
 
 
 def open_index(state: AppState, slot: ModelSlot) -> None:
+    """Open the slot's top-k index (``index.open_index``: "ready", "missing" or "stale: <why>")."""
     s = state.settings
     if not s.data:
         slot.index_status = "no data set"
         return
-    from ..index.top_k import StaleIndexError, TopKIndex, default_index_path
+    from .. import index
 
-    path = default_index_path(slot.name, s.data, s.index_split)
-    try:
-        slot.index = TopKIndex.open(path, net=slot.net, data_root=s.data)
-        slot.index_status = "ready"
-    except FileNotFoundError:
-        slot.index, slot.index_status = None, "missing"
-    except (StaleIndexError, ValueError) as e:
-        slot.index, slot.index_status = None, f"stale: {e}"
+    path = index.default_index_path(slot.name, s.data, s.index_split)
+    slot.index, slot.index_status = index.open_index(path, net=slot.net, data_root=s.data)
 
 
 def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thread:
@@ -109,7 +104,7 @@ def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thr
     the inference thread keeps answering meanwhile; the images are decoded in
     this thread (no loader processes are forked from the server).
     """
-    from ..index.top_k import build_index, default_index_path
+    from .. import index
 
     s = state.settings
     slot.index, slot.index_status = None, "building"
@@ -117,9 +112,9 @@ def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thr
     def work():
         try:
             with torch.inference_mode():
-                build_index(slot.net, s.data, s.index_split, out=default_index_path(slot.name, s.data, s.index_split),
-                            k=9, workers=0, progress=False)
-            open_index(state, slot)
+                slot.index = index.open_or_build(slot.net, s.data, s.index_split, k=9, workers=0, progress=False,
+                                                 out=index.default_index_path(slot.name, s.data, s.index_split))
+            slot.index_status = "ready"
         except Exception as e:  # reported, never fatal to the server
             slot.index_status = f"stale: the build failed: {type(e).__name__}: {e}"
             log.error("top-k index for %s: %s", slot.name, slot.index_status)

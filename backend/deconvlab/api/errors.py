@@ -13,7 +13,7 @@ corrupt, truncated, empty upload       422 (``storage.CorruptImage``)
 upload over the byte or pixel limit    413 (``storage.TooLarge``)
 format outside the allow-list          415 (``storage.UnsupportedFormat``)
 inference queue full                   429 with ``Retry-After`` (``runner.QueueFull``)
-top-k index missing or stale           503 (``IndexUnavailable``; ``top_k.StaleIndexError``)
+top-k index missing or stale           503 (``IndexUnavailable``; ``index.StaleIndexError``)
 model failed to load                   503 (``ModelUnavailable``)
 =====================================  ======
 """
@@ -106,7 +106,7 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
     try:
-        from ..index.top_k import StaleIndexError
+        from ..index import StaleIndexError
     except ImportError:  # pragma: no cover - the top-k module is part of the package
         return
 

@@ -162,7 +162,7 @@ def _index(a) -> int:
 
     from .. import load
     from ..data import data_root
-    from ..index.top_k import TopKIndex, build_index
+    from ..index import TopKIndex, build_index
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
