@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
     # largest image accepted, in pixels (width x height), checked before decoding (413 beyond)
     max_pixels: int = Field(40_000_000, ge=1)
+    # most times the longer side of an image may be its shorter side (422 beyond, from the header):
+    # panoramas are within about 1:10; a 1 x 40,000,000 strip passes the pixel limit, yet its
+    # centre crop (the model's view) would be one 40-millionth of it
+    max_aspect: float = Field(100.0, ge=1.0)
     # inference jobs allowed to wait or run at once; one more gets 429 with Retry-After
     queue_size: int = Field(32, ge=1)
     # seconds a client is told to wait (Retry-After) when the queue is full

@@ -10,16 +10,30 @@ library / server error                 status
 unknown model, layer, image, ...       404 (``NotFound``; ``KeyError`` from the library)
 unit, position, k, size, stride, ...   422 (``ValueError`` from the library; request validation)
 corrupt, truncated, empty upload       422 (``storage.CorruptImage``)
+sides too far apart (max_aspect)       422 (``storage.BadShape``; upload and every later read)
 upload over the byte or pixel limit    413 (``storage.TooLarge``)
 format outside the allow-list          415 (``storage.UnsupportedFormat``)
 inference queue full                   429 with ``Retry-After`` (``runner.QueueFull``)
 top-k index missing or stale           503 (``IndexUnavailable``; ``index.StaleIndexError``)
 model failed to load                   503 (``ModelUnavailable``)
+anything else (a bug, a library error)  500 ``{"detail", "error_id"}`` (``ServerErrors``)
 =====================================  ======
+
+Nothing becomes a text/plain 500: ``ServerErrors`` (an ASGI middleware round
+the routes) turns an exception no handler above took -- raised in a route, a
+dependency, or a job on the runner's thread that the route awaited -- into
+``{"detail": "unexpected server error (<type>); ...", "error_id": "<12 hex>"}``
+and logs the traceback under the same id (logger ``deconvlab.api``). The
+detail names the exception's type, never its message (paths, values). An
+exception after the answer has started streaming cannot change its status:
+it is logged with an id and re-raised. A handler for ``Exception`` backs the
+middleware up for errors raised outside it (middleware added later).
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from contextlib import contextmanager
 
 from fastapi import FastAPI, HTTPException, Request
@@ -27,7 +41,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from .runner import QueueFull
-from .storage import CorruptImage, TooLarge, UnsupportedFormat
+from .storage import BadShape, CorruptImage, TooLarge, UnsupportedFormat
+
+log = logging.getLogger("deconvlab.api")
 
 
 class NotFound(HTTPException):
@@ -81,8 +97,53 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _server_error(exc: BaseException, method: str, path: str) -> JSONResponse:
+    """The JSON 500 of an unexpected exception, logged (with its traceback) under a fresh id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error %s on %s %s: %s: %s", error_id, method, path, type(exc).__name__, exc,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return JSONResponse({"detail": f"unexpected server error ({type(exc).__name__}); the server log has "
+                                   f"its details under error_id {error_id}", "error_id": error_id},
+                        status_code=500)
+
+
+class ServerErrors:
+    """ASGI middleware: an exception that reaches it becomes ``_server_error``'s JSON 500 (see the module doc)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:  # noqa: BLE001 -- the point: nothing escapes as text/plain
+            response = _server_error(exc, scope.get("method", ""), scope.get("path", ""))
+            if started:
+                raise
+            await response(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
-    """Register the handlers above on ``app``."""
+    """Register the handlers above on ``app`` (and the ``ServerErrors`` middleware)."""
+    app.add_middleware(ServerErrors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return _server_error(exc, request.method, request.url.path)
+
+    @app.exception_handler(BadShape)
+    async def _bad_shape(request: Request, exc: BadShape):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

@@ -10,11 +10,18 @@ status codes):
    (text named .jpg, random bytes) -> ``CorruptImage`` (422);
 3. width x height from the header, before any pixel is decoded, against the
    pixel limit (decompression bombs) -> ``TooLarge`` (413);
-4. a full decode of the first frame (GIF: the first frame; TIFF: the first
-   page); truncated or corrupt data -> ``CorruptImage`` (422).
+4. the longer side over ``max_aspect`` times the shorter (a 1 x 40,000,000
+   PNG is under the pixel limit) -> ``BadShape`` (422), also from the header;
+5. a full read by ``deconvlab.data.open_image`` (GIF: the first frame; TIFF:
+   the first page; EXIF orientation applied, an ICC profile converted to
+   sRGB, any mode to RGB); truncated or corrupt data -> ``CorruptImage`` (422).
 
-Modes (L, LA, RGBA, P, CMYK, I;16, ...) are converted to RGB later by
-``deconvlab.data.to_rgb``, never refused.
+The width and height recorded are the upright ones (after the orientation);
+the bytes stored are the uploaded ones, untouched. What ``open_image`` had to
+ignore (an unreadable ICC profile or EXIF block) is logged as a warning naming
+the image id, and kept in the record's ``notes``; the upload still succeeds.
+``ImageStore.load`` checks the shape again, so an image stored under a looser
+limit (an older server) is refused with the same 422, never decoded.
 
 ``ImageStore`` keeps the accepted bytes as ``<root>/<id[:2]>/<id>.<ext>`` with
 a ``<id>.json`` beside them (width, height, format, bytes), each written to a
@@ -29,10 +36,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -40,6 +48,8 @@ from PIL import Image, UnidentifiedImageError
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif", "TIFF": "tif"}
 ID_LENGTH = 24
 _ID_RE = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")
+
+log = logging.getLogger("deconvlab.api")
 
 # signatures of common formats PIL does not identify but that are images all the same (-> 415, not 422)
 _OTHER_IMAGE_SIGNATURES = [
@@ -64,6 +74,10 @@ class TooLarge(UploadError):
     pass
 
 
+class BadShape(UploadError):
+    """Width and height too far apart (``max_aspect``)."""
+
+
 @dataclass
 class StoredImage:
     image_id: str
@@ -71,6 +85,7 @@ class StoredImage:
     height: int
     format: str  # PIL's name, one of ALLOWED_FORMATS
     bytes: int
+    notes: list[str] = field(default_factory=list)  # what the reader ignored (open_image's notes)
 
     def public(self) -> dict:
         return {"image_id": self.image_id, "width": self.width, "height": self.height}
@@ -86,8 +101,21 @@ def _sniff_other(data: bytes) -> str | None:
     return None
 
 
-def check_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """(format, width, height) of acceptable image bytes; raises an ``UploadError`` otherwise."""
+def check_shape(w: int, h: int, max_aspect: float | None) -> None:
+    """``BadShape`` when the longer side is over ``max_aspect`` times the shorter (None: no limit)."""
+    if max_aspect is not None and max(w, h) > max_aspect * min(w, h):
+        raise BadShape(f"image shape: expected the longer side at most {max_aspect:g} times the shorter "
+                       f"(DECONVLAB_MAX_ASPECT), got {w}x{h}")
+
+
+def check_image(data: bytes, max_pixels: int, max_aspect: float | None = None,
+                notes: list[str] | None = None) -> tuple[str, int, int]:
+    """(format, upright width, upright height) of acceptable image bytes; raises an ``UploadError`` otherwise.
+
+    ``notes`` collects what the reader ignored (see ``deconvlab.data.to_rgb``).
+    """
+    from ..data import open_image
+
     if len(data) == 0:
         raise CorruptImage("empty upload: expected an image file, got 0 bytes")
     try:
@@ -114,24 +142,22 @@ def check_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
         if w * h > max_pixels:
             raise TooLarge(f"image too large: expected at most {max_pixels} pixels, "
                            f"got {w}x{h} = {w * h}")
+        check_shape(w, h, max_aspect)
         try:
             im.seek(0)
-            im.load()
+            upright = open_image(im, notes)  # decodes the whole first frame
         except Image.DecompressionBombError as e:
             raise TooLarge(f"image too large: expected at most {max_pixels} pixels ({e})") from None
         except Exception as e:  # truncated or corrupt pixel data
             raise CorruptImage(f"corrupt or truncated image ({fmt}): {e}") from None
-    return fmt, w, h
+    return fmt, upright.width, upright.height
 
 
 def decode(data: bytes) -> Image.Image:
-    """The first frame of stored (already checked) bytes as an RGB image."""
-    from ..data import to_rgb
+    """Stored (already checked) bytes as ``open_image`` reads them: upright, sRGB, RGB."""
+    from ..data import open_image
 
-    with Image.open(io.BytesIO(data)) as im:
-        im.seek(0)
-        im.load()
-        return to_rgb(im)
+    return open_image(data)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -154,9 +180,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
 class ImageStore:
     """Content-addressed image files under ``root`` (see the module doc)."""
 
-    def __init__(self, root: str | Path, max_pixels: int):
+    def __init__(self, root: str | Path, max_pixels: int, max_aspect: float | None = None):
         self.root = Path(root)
         self.max_pixels = max_pixels
+        self.max_aspect = max_aspect
         self.root.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
@@ -168,12 +195,15 @@ class ImageStore:
 
     def put(self, data: bytes) -> tuple[StoredImage, bool]:
         """Check and store ``data``; (its record, True when it was new)."""
-        fmt, w, h = check_image(data, self.max_pixels)
+        notes: list[str] = []
+        fmt, w, h = check_image(data, self.max_pixels, self.max_aspect, notes)
         image_id = hashlib.sha256(data).hexdigest()[:ID_LENGTH]
         existing = self.get(image_id)
         if existing is not None:
             return existing, False
-        rec = StoredImage(image_id, w, h, fmt, len(data))
+        for note in notes:
+            log.warning("image %s: %s", image_id, note)
+        rec = StoredImage(image_id, w, h, fmt, len(data), notes)
         _atomic_write(self.root / image_id[:2] / f"{image_id}.{ALLOWED_FORMATS[fmt]}", data)
         _atomic_write(self._meta_path(image_id), json.dumps(asdict(rec)).encode())
         return rec, True
@@ -195,4 +225,6 @@ class ImageStore:
         return self.path(rec).read_bytes()
 
     def load(self, rec: StoredImage) -> Image.Image:
+        """The image as the model sees it before resizing; ``BadShape`` (before decoding) beyond ``max_aspect``."""
+        check_shape(rec.width, rec.height, self.max_aspect)
         return decode(self.read(rec))
