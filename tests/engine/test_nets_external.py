@@ -85,6 +85,13 @@ def _export(model: nn.Module, path: Path, size: int, cin: int = 3) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_pt2(tmp_path_factory) -> Path:
+    """A 12 px Tiny exported once for the audit tests (each copies and edits it)."""
+    torch.set_num_threads(1)
+    return _export(Tiny(), tmp_path_factory.mktemp("pt2") / "good.pt2", 12)
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     """Copy a zip, passing each member's (name, bytes) through ``edit`` (which returns new bytes)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
@@ -255,16 +262,26 @@ def test_export_round_trip_and_resolve(tmp_path):
     ("a torch attribute as an operator", _edit_json("models/model.json", lambda o: o["graph_module"]["graph"][
         "nodes"][0].update(target="torch.os.system")), r"operator 'torch\.os\.system'"),
 ])
-def test_export_audit_refuses_what_would_run(tmp_path, what, edit, message):
-    good = _export(Tiny(), tmp_path / "good.pt2", 12)
-    bad = _rewrite(good, tmp_path / "bad.pt2", edit)
+def test_export_audit_refuses_what_would_run(tmp_path, tiny_pt2, what, edit, message):
+    assert audit_pt2(tiny_pt2.read_bytes()) == []
+    bad = _rewrite(tiny_pt2, tmp_path / "bad.pt2", edit)
     with pytest.raises(ValueError, match=r"refused .*bad\.pt2: loading this torch\.export archive would run "
                                          r"more than data \(.*" + message):
         load_program(bad)
 
 
-def test_export_audit_refuses_sample_inputs_that_torch_would_unpickle(tmp_path):
-    good = _export(Tiny(), tmp_path / "good.pt2", 12)
+def test_export_audit_refuses_the_old_layout_riding_along(tmp_path, tiny_pt2):
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(tiny_pt2.read_bytes())
+    with zipfile.ZipFile(bad, "a") as z:  # what torch.export.load reads, pickles included, after a RuntimeError
+        z.writestr("version", "8.1")
+        z.writestr("serialized_state_dict.pt", b"")
+    with pytest.raises(ValueError, match=r"members of the old torch\.export layout .*'version'"):
+        load_program(bad)
+
+
+def test_export_audit_refuses_sample_inputs_that_torch_would_unpickle(tmp_path, tiny_pt2):
+    good = tiny_pt2
     buf = io.BytesIO()
     torch.save((Planted(),), buf)
     bad = _rewrite(good, tmp_path / "bad.pt2",

@@ -65,7 +65,7 @@ def _walk(obj, found: list[str], at: str = "") -> None:
             if isinstance(v, str):
                 if "\r" in v or "\x00" in v:
                     found.append(f"{at}.{k}: a line break or NUL inside a string")
-                if k == "target" and not SAFE_TARGET.fullmatch(v):
+                if k == "target" and (not SAFE_TARGET.fullmatch(v) or "from_file" in v):  # aten::from_file reads files
                     found.append(f"operator {v!r}: expected torch.ops.aten.*, _operator.*, torch.sym_* or math.*")
                 elif k == "expr_str" and not _tokens_ok(v, SYMPY_NAMES, SAFE_OPS, re.compile(r"'[a-z]{1,3}\d+'")):
                     found.append(f"shape expression {v!r}: not in the sympy vocabulary that is safe to eval")
@@ -116,7 +116,10 @@ def audit_pt2(data: bytes) -> list[str]:
     found: list[str] = []
     if z.read(root + "archive_format").decode(errors="replace").strip() != "pt2":
         found.append("archive_format is not 'pt2'")
-    rel = [n[len(root):] for n in names]
+    outside = [n for n in names if not n.startswith(root) or n == "version" or "/serialized_" in "/" + n]
+    if outside:  # torch.export.load falls back to torch < 2.8's layout, pickles and all, on a RuntimeError
+        found.append(f"members of the old torch.export layout or outside the archive's folder: {outside[:4]}")
+    rel = [n[len(root):] for n in names if n.startswith(root)]
     for r in rel:
         if r.startswith("data/aotinductor/"):
             found.append(f"{r}: AOTInductor compiled code (a native library that loading would run)")

@@ -123,16 +123,19 @@ def open_entry(entry: dict, root: Path, name: str = "", trust: bool = False) -> 
         "name": name}
 
 
+def _stored(path, root: Path) -> str:
+    """A file as an entry names it: relative to the models folder when inside it, else absolute."""
+    p = Path(path).expanduser().resolve()
+    return str(p.relative_to(root.resolve())) if p.is_relative_to(root.resolve()) else str(p)
+
+
 def _entry(arch, weights, classes, input_size, mean, std, root: Path, trust: bool) -> dict:
     entry: dict = {"arch": arch}
     if weights is not None:
         w = str(weights)
-        if is_file_ref(w):
-            p = Path(w).expanduser().resolve()
-            w = str(p.relative_to(root.resolve())) if p.is_relative_to(root.resolve()) else str(p)
-        entry["weights"] = w
+        entry["weights"] = _stored(w, root) if is_file_ref(w) else w
     if classes is not None:
-        entry["classes"] = classes if isinstance(classes, list) else str(Path(classes).expanduser().resolve())
+        entry["classes"] = classes if isinstance(classes, list) else _stored(classes, root)
     if input_size is not None:
         entry["input_size"] = int(input_size)
     if mean is not None or std is not None:
