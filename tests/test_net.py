@@ -24,7 +24,8 @@ def test_load_by_registry_name_and_by_path(models_env, small_checkpoint):
     ref, _ = small_zfnet_module()
     for (k, a), b in zip(by_path.module.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a.cpu(), b), k
-    with pytest.raises(KeyError, match="unknown model: expected a checkpoint path or one of \\['zfnet-imagenette'\\], got 'nope'"):
+    with pytest.raises(KeyError, match="unknown model: expected a checkpoint path, 'torchvision:<arch>', a .pt2/TorchScript file "
+                       "or one of \\['zfnet-imagenette'\\], got 'nope'"):
         deconvlab.load("nope")
 
 
@@ -34,8 +35,9 @@ def test_module_layer_and_layer_info(small_net):
     assert small_net.layer("fc8") is small_net.module.fc8
     assert small_net.layer("pool2") is small_net.module.pool2
     info = small_net.layer_info()
-    assert info[0] == {"name": "conv1", "kind": "conv", "channels": 24, "shape": (24, 110, 110)}
-    assert info[-1] == {"name": "fc8", "kind": "fc", "channels": 10, "shape": (10,)}
+    assert info[0] == {"name": "conv1", "kind": "conv", "type": "Conv2d", "channels": 24, "shape": (24, 110, 110),
+                       "parent": None}
+    assert info[-1] == {"name": "fc8", "kind": "fc", "type": "Linear", "channels": 10, "shape": (10,), "parent": None}
     with pytest.raises(KeyError) as e:
         small_net.layer("conv6")
     assert e.value.args[0] == ("unknown layer: expected one of ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', "

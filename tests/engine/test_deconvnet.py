@@ -230,8 +230,8 @@ def check_against_autograd(net: Net, x: torch.Tensor, items: list[tuple], rtol: 
     seeds: dict[str, torch.Tensor] = {}
     resolved = []
     for k, (layer, rank, pos, seed) in enumerate(items):
-        child = net._child(layer)
-        act = net._output(rec, child)
+        child = net.node(layer)
+        act = net.activation(rec, layer)
         peak = act[k].flatten(1).max(1).values if act.dim() == 4 else act[k]
         unit = int(peak.argsort(descending=True)[rank])
         s = seeds.setdefault(child, act.new_zeros((K,) + tuple(act.shape[1:])))

@@ -99,7 +99,7 @@ def test_point_projection_is_inside_its_box_and_the_box_is_tight(layer):
     net = zf(positive=True, seed=4)
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))  # positive: every unit active
     rec = net.forward(x)
-    act = net._output(rec, net._child(layer))
+    act = net.activation(rec, layer)
     C, H, W = act.shape[1:]
     g = torch.Generator().manual_seed(6)
     pos = [(int(torch.randint(H, (1,), generator=g)), int(torch.randint(W, (1,), generator=g))) for _ in range(60)]

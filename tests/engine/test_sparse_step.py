@@ -48,11 +48,11 @@ def both_routes(net: Net, rec, items, method: str, seed: str, monkeypatch) -> tu
         for j in (i, i - 1, i - 2):
             want = deconvnet.rule_for(children[j][1])(children[j][1], children[j][0], want, rec, method)
         want = want.dense()
-        assert got.g.shape == want.g.shape, (children[i][0], got.g.shape, want.g.shape)
+        assert got.values.shape == want.values.shape, (children[i][0], got.values.shape, want.values.shape)
         assert torch.equal(got.oy, want.oy) and torch.equal(got.ox, want.ox), children[i][0]
         assert (got.H, got.W, got.units) == (want.H, want.W, None)
-        scale = float(want.g.abs().max())
-        assert float((got.g - want.g).abs().max()) <= 1e-5 * max(scale, 1e-20), children[i][0]
+        scale = float(want.values.abs().max())
+        assert float((got.values - want.values).abs().max()) <= 1e-5 * max(scale, 1e-20), children[i][0]
         return got
 
     monkeypatch.setattr(sparse_step, "unpool_rectify_filter", spy)
@@ -112,7 +112,7 @@ def test_shared_maximum_is_summed_then_rectified(enabled, monkeypatch):
     rec = net.forward(x)
     assert rec.activations["conv2"].item() == 5.0
     assert bool((rec.switches["pool1"] == 12).all())
-    assert sparse_step.applies(net._children, 2, _pool_signal(net, rec), rec) is enabled
+    assert sparse_step.applies(net.sequence, 2, _pool_signal(net, rec), rec) is enabled
     for method in ("deconv", "guided"):
         assert torch.equal(net.project(rec, "conv2", 0, method=method), torch.zeros(1, 5, 5)), method
     want = torch.zeros(1, 5, 5)
@@ -262,7 +262,7 @@ def test_random_stacks_sparse_equals_dense(trial, monkeypatch):
         for seed in ("point", "map"):
             items = []
             for layer in net.layers + net.pools:
-                act = net._output(rec, net._child(layer))
+                act = net.activation(rec, layer)
                 for _ in range(3):
                     pos = None if seed == "map" or rng.random() < 0.3 else (rng.randrange(act.shape[2]),
                                                                              rng.randrange(act.shape[3]))

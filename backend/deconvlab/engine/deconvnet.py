@@ -71,7 +71,6 @@ the record of ``switches.record_forward`` for the same model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,155 +80,16 @@ from .._util import pair
 from . import sparse_step
 from .receptive_field import Window
 from .switches import Record
+from .windows import Signal, _zero_outside, fit, gather_window, place
 
 METHODS = ("deconv", "guided", "backprop")
 SEEDS = ("point", "map")
 
 
-@dataclass
-class Signal:
-    """A batch of K backward signals at one child's output.
-
-    Spatial: ``g`` is (K, C, h, w), item k's window starts at (``oy[k]``,
-    ``ox[k]``) of an ``H`` x ``W`` map, and is zero outside the map. Flat: ``g``
-    is (K, F). With ``units`` set, ``g`` holds one channel per item: item k's
-    signal lives in channel ``units[k]`` only (all other channels are zero).
-    ``n`` is each item's image index in the record.
-    """
-
-    g: torch.Tensor
-    n: torch.Tensor
-    oy: torch.Tensor | None = None
-    ox: torch.Tensor | None = None
-    H: int = 0
-    W: int = 0
-    units: torch.Tensor | None = None
-    channels: int = 0  # C of the full signal (needed when ``units`` is set)
-
-    @property
-    def spatial(self) -> bool:
-        return self.g.dim() == 4
-
-    def dense(self) -> "Signal":
-        """The same signal with every channel present."""
-        if self.units is None:
-            return self
-        K = self.g.shape[0]
-        full = self.g.new_zeros((K, self.channels) + tuple(self.g.shape[2:]))
-        idx = self.units.view((K, 1) + (1,) * (self.g.dim() - 2)).expand_as(self.g)
-        full.scatter_(1, idx, self.g)
-        return Signal(full, self.n, self.oy, self.ox, self.H, self.W, None, self.channels)
-
-    def with_g(self, g: torch.Tensor, oy=None, ox=None, H=None, W=None, keep_units: bool = True) -> "Signal":
-        return Signal(g, self.n, self.oy if oy is None else oy, self.ox if ox is None else ox,
-                      self.H if H is None else H, self.W if W is None else W,
-                      self.units if keep_units else None, self.channels)
-
-
-# ------------------------------------------------------------------ windows
-
-def _rows(o: torch.Tensor, size: int, limit: int):
-    r = o[:, None] + torch.arange(size, device=o.device)
-    valid = (r >= 0) & (r < limit)
-    return r.clamp(0, limit - 1), valid
-
-
-def crop(t: torch.Tensor, n: torch.Tensor, units: torch.Tensor | None, oy: torch.Tensor, ox: torch.Tensor,
-         h: int, w: int, fill: float | list = 0, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-item windows ``t[n[k], c, oy[k]:oy[k]+h, ox[k]:ox[k]+w]`` of ``t`` (N, C, H, W):
-    (K, C|1, h, w), with ``fill`` (one value, or one per item) where a window lies
-    outside ``t``'s map. Into ``out`` when given, which then already holds the fill
-    (only the parts inside ``t``'s map are written).
-
-    Channels: all, or only ``units[k]`` (then the result has one channel).
-    Copies one slice per item (a strided copy is several times cheaper than a
-    gather by computed indices, and the loop costs microseconds per item).
-    """
-    K = int(n.shape[0])
-    H, W = t.shape[-2:]
-    C = t.shape[1] if units is None else 1
-    ns, ys, xs = n.tolist(), oy.tolist(), ox.tolist()
-    us = units.tolist() if units is not None else None
-    fills = fill if isinstance(fill, list) else None
-    filled = out is not None
-    if out is None:
-        out = torch.empty((K, C, h, w), dtype=t.dtype, device=t.device)
-    for k in range(K):
-        y0, x0 = ys[k], xs[k]
-        a, b, c, d = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
-        if a >= b or c >= d:
-            if not filled:
-                out[k].fill_(fills[k] if fills is not None else fill)
-            continue
-        if not filled and (a, b, c, d) != (y0, y0 + h, x0, x0 + w):  # partly outside: fill the border strips
-            v = fills[k] if fills is not None else fill
-            out[k, :, :a - y0].fill_(v)
-            out[k, :, b - y0:].fill_(v)
-            out[k, :, a - y0:b - y0, :c - x0].fill_(v)
-            out[k, :, a - y0:b - y0, d - x0:].fill_(v)
-        src = t[ns[k]] if us is None else t[ns[k], us[k]:us[k] + 1]
-        out[k, :, a - y0:b - y0, c - x0:d - x0] = src[:, a:b, c:d]
-    return out
-
-
-def gather_window(t: torch.Tensor, sig: Signal, h: int, w: int, fill: float | list = 0) -> torch.Tensor:
-    """The record tensor ``t`` (N, C, H, W) under each item's window (see ``crop``)."""
-    return crop(t, sig.n, sig.units, sig.oy, sig.ox, h, w, fill)
-
-
-def _inside(o: torch.Tensor, size: int, limit: int) -> bool:
-    return bool(o.min() >= 0) and bool(o.max() + size <= limit)
-
-
-def _zero_outside(sig: Signal) -> Signal:
-    """Zero the parts of each window that lie outside the map (padding positions)."""
-    h, w = sig.g.shape[-2:]
-    if _inside(sig.oy, h, sig.H) and _inside(sig.ox, w, sig.W):
-        return sig
-    _, vr = _rows(sig.oy, h, sig.H)
-    _, vc = _rows(sig.ox, w, sig.W)
-    mask = (vr[:, None, :, None] & vc[:, None, None, :]).to(sig.g.dtype)
-    return sig.with_g(sig.g * mask)
-
-
-def _recrop(sig: Signal, oy: torch.Tensor, ox: torch.Tensor, h: int, w: int) -> Signal:
-    """The same signal in new windows (offsets ``oy``/``ox``, size h x w); what falls outside is dropped."""
-    K = sig.g.shape[0]
-    k = torch.arange(K, device=sig.g.device)
-    return sig.with_g(crop(sig.g, k, None, oy - sig.oy, ox - sig.ox, h, w), oy, ox)
-
-
-def fit(sig: Signal) -> Signal:
-    """Shrink windows that have grown past the map along an axis to the map itself (offset 0)."""
-    h, w = sig.g.shape[-2:]
-    if h < sig.H and w < sig.W:
-        return sig
-    zeros = torch.zeros_like(sig.oy)
-    oy, nh = (zeros, sig.H) if h >= sig.H else (sig.oy, h)
-    ox, nw = (zeros, sig.W) if w >= sig.W else (sig.ox, w)
-    if nh == h and nw == w and bool((oy == sig.oy).all()) and bool((ox == sig.ox).all()):
-        return sig
-    return _recrop(sig, oy, ox, nh, nw)
-
-
-def place(sig: Signal, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Windows -> full maps (K, C, H, W), cropping what lies outside; written into ``out``
-    (zeros of that shape) when given."""
-    sig = sig.dense()
-    K, C, h, w = sig.g.shape
-    if out is None:
-        if (h, w) == (sig.H, sig.W) and bool((sig.oy == 0).all()) and bool((sig.ox == 0).all()):
-            return sig.g.contiguous()
-        out = sig.g.new_zeros((K, C, sig.H, sig.W))
-    # the map as a window of each item's window (offset -oy, -ox): the window's parts inside the map
-    k = torch.arange(K, device=sig.g.device)
-    return crop(sig.g, k, None, -sig.oy, -sig.ox, sig.H, sig.W, out=out)
-
-
 # ------------------------------------------------------------------ backward rules
 
 def _relu(m: nn.ReLU, name: str, sig: Signal, rec: Record, method: str) -> Signal:
-    g = sig.g  # every signal is a fresh tensor of the backward pass: safe to change in place
+    g = sig.values  # every signal is a fresh tensor of the backward pass: safe to change in place
     if method in ("deconv", "guided"):
         g = g.clamp_min_(0)
     if method in ("guided", "backprop"):
@@ -237,10 +97,10 @@ def _relu(m: nn.ReLU, name: str, sig: Signal, rec: Record, method: str) -> Signa
         if sig.spatial:
             mask = gather_window(out, sig, g.shape[-2], g.shape[-1]) > 0
         else:
-            rows = out.index_select(0, sig.n)
+            rows = out.index_select(0, sig.index)
             mask = (rows.gather(1, sig.units[:, None]) if sig.units is not None else rows) > 0
         g = g.mul_(mask)
-    return sig.with_g(g)
+    return sig.with_values(g)
 
 
 PHASE_MAX_CHANNELS = 4  # transposed convs onto at most this many channels (conv1: RGB) run as polyphase conv2d
@@ -293,28 +153,28 @@ def _conv(m: nn.Conv2d, name: str, sig: Signal, rec: Record, method: str) -> Sig
     weight = m.weight
     if sig.units is not None and m.groups == 1:
         # one channel per item: transpose only the seeded unit's filter (grouped over items)
-        K, _, h, w = sig.g.shape
+        K, _, h, w = sig.values.shape
         wk = weight.index_select(0, sig.units)  # (K, Cin, kh, kw)
         if h == 1 and w == 1 and pair(m.dilation) == (1, 1):  # a point: the filter, scaled
-            g = wk * sig.g
+            g = wk * sig.values
         else:
-            g = F.conv_transpose2d(sig.g.reshape(1, K, h, w), wk, stride=m.stride, dilation=m.dilation, groups=K)
+            g = F.conv_transpose2d(sig.values.reshape(1, K, h, w), wk, stride=m.stride, dilation=m.dilation, groups=K)
             g = g.reshape(K, weight.shape[1], g.shape[-2], g.shape[-1])
     else:
         sig = sig.dense()
-        h, w = sig.g.shape[-2:]
+        h, w = sig.values.shape[-2:]
         if (h, w) == (sig.H, sig.W) and not bool(sig.oy.any()) and not bool(sig.ox.any()):
             # whole maps (fc and map seeds): the padded transposed conv gives the input map directly
             out_pad = [geo.output_padding(h, Hin, 0), geo.output_padding(w, Win, 1)]
             if None not in out_pad:
-                g = F.conv_transpose2d(sig.g, weight, stride=m.stride, padding=m.padding, output_padding=out_pad,
+                g = F.conv_transpose2d(sig.values, weight, stride=m.stride, padding=m.padding, output_padding=out_pad,
                                        dilation=m.dilation, groups=m.groups)
                 zeros = torch.zeros_like(sig.oy)
-                return Signal(g, sig.n, zeros, zeros, Hin, Win, None, g.shape[1])
-        g = conv_transpose(sig.g, weight, m.stride, m.dilation, m.groups)
+                return Signal(g, sig.index, zeros, zeros, Hin, Win, None, g.shape[1])
+        g = conv_transpose(sig.values, weight, m.stride, m.dilation, m.groups)
     oy = sig.oy * geo.stride[0] - geo.padding[0]
     ox = sig.ox * geo.stride[1] - geo.padding[1]
-    return fit(_zero_outside(sig.with_g(g, oy, ox, Hin, Win, keep_units=False)))
+    return fit(_zero_outside(sig.with_values(g, oy, ox, Hin, Win, keep_units=False)))
 
 
 def _maxpool(m: nn.MaxPool2d, name: str, sig: Signal, rec: Record, method: str) -> Signal:
@@ -322,7 +182,7 @@ def _maxpool(m: nn.MaxPool2d, name: str, sig: Signal, rec: Record, method: str) 
         raise ValueError("record has no max-pool switches: make it with forward(x, switches=True)")
     geo = Window.of(m)
     Hin, Win = rec.in_shapes[name][-2:]
-    K, C, h, w = sig.g.shape
+    K, C, h, w = sig.values.shape
     # a window as large as the map along an axis becomes the map (every switch lies in it)
     oy, hi = geo.below(sig.oy, h, 0, Hin)
     ox, wi = geo.below(sig.ox, w, 1, Win)
@@ -337,17 +197,17 @@ def _maxpool(m: nn.MaxPool2d, name: str, sig: Signal, rec: Record, method: str) 
         local.mul_(wi - Win).add_(idx).sub_(base.view(K, 1, 1, 1))
     else:
         local = idx.sub_(base.view(K, 1, 1, 1))
-    out = sig.g.new_zeros((K, C, hi * wi))
-    out.scatter_add_(2, local.reshape(K, C, h * w), sig.g.reshape(K, C, h * w))
-    return fit(sig.with_g(out.view(K, C, hi, wi), oy, ox, Hin, Win))
+    out = sig.values.new_zeros((K, C, hi * wi))
+    out.scatter_add_(2, local.reshape(K, C, h * w), sig.values.reshape(K, C, h * w))
+    return fit(sig.with_values(out.view(K, C, hi, wi), oy, ox, Hin, Win))
 
 
 def _linear(m: nn.Linear, name: str, sig: Signal, rec: Record, method: str) -> Signal:
     if sig.units is not None:
-        g = m.weight.index_select(0, sig.units) * sig.g  # (K, in) * (K, 1)
+        g = m.weight.index_select(0, sig.units) * sig.values  # (K, in) * (K, 1)
     else:
-        g = sig.g @ m.weight
-    return Signal(g, sig.n)
+        g = sig.values @ m.weight
+    return Signal(g, sig.index)
 
 
 def _flatten(m: nn.Flatten, name: str, sig: Signal, rec: Record, method: str) -> Signal:
@@ -355,12 +215,12 @@ def _flatten(m: nn.Flatten, name: str, sig: Signal, rec: Record, method: str) ->
         raise ValueError(f"{name}: expected Flatten(start_dim=1, end_dim=-1), got ({m.start_dim}, {m.end_dim})")
     sig = sig.dense()
     shape = rec.in_shapes[name]
-    K = sig.g.shape[0]
-    g = sig.g.reshape((K,) + tuple(shape))
+    K = sig.values.shape[0]
+    g = sig.values.reshape((K,) + tuple(shape))
     if g.dim() != 4:
-        return Signal(g, sig.n)
+        return Signal(g, sig.index)
     zeros = torch.zeros(K, dtype=torch.long, device=g.device)
-    return Signal(g, sig.n, zeros, zeros, shape[-2], shape[-1], None, shape[0])
+    return Signal(g, sig.index, zeros, zeros, shape[-2], shape[-1], None, shape[0])
 
 
 def _identity(m, name, sig, rec, method):
@@ -385,18 +245,18 @@ def _adaptive_avgpool(m: nn.AdaptiveAvgPool2d, name: str, sig: Signal, rec: Reco
     Pw = _adaptive_matrix(Win, sig.W, g.dtype, g.device)
     g = torch.einsum("ih,kcij,jw->kchw", Ph, g, Pw)  # Ph^T G Pw: adjoint of Ph X Pw^T
     zeros = torch.zeros(g.shape[0], dtype=torch.long, device=g.device)
-    return Signal(g, sig.n, zeros, zeros, Hin, Win, None, g.shape[1])
+    return Signal(g, sig.index, zeros, zeros, Hin, Win, None, g.shape[1])
 
 
 def _lrn(m: nn.LocalResponseNorm, name: str, sig: Signal, rec: Record, method: str) -> Signal:
     if method != "backprop":
         return sig  # passed through, as the paper's deconvnet does
     sig = sig.dense()
-    x = gather_window(rec.inputs[name], sig, sig.g.shape[-2], sig.g.shape[-1])
+    x = gather_window(rec.inputs[name], sig, sig.values.shape[-2], sig.values.shape[-1])
     with torch.inference_mode(False), torch.enable_grad():
         xi = x.detach().clone().requires_grad_(True)
-        (gi,) = torch.autograd.grad(m(xi), xi, sig.g.detach().clone())
-    return sig.with_g(gi.detach())
+        (gi,) = torch.autograd.grad(m(xi), xi, sig.values.detach().clone())
+    return sig.with_values(gi.detach())
 
 
 def _batchnorm(m: nn.BatchNorm2d, name: str, sig: Signal, rec: Record, method: str) -> Signal:
@@ -408,8 +268,8 @@ def _batchnorm(m: nn.BatchNorm2d, name: str, sig: Signal, rec: Record, method: s
     if m.weight is not None:
         scale = scale * m.weight
     if sig.units is not None:
-        return sig.with_g(sig.g * scale.index_select(0, sig.units).view(-1, 1, 1, 1))
-    return sig.with_g(sig.g * scale.view(1, -1, 1, 1))
+        return sig.with_values(sig.values * scale.index_select(0, sig.units).view(-1, 1, 1, 1))
+    return sig.with_values(sig.values * scale.view(1, -1, 1, 1))
 
 
 RULES = [

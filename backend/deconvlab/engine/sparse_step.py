@@ -56,6 +56,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -110,7 +111,7 @@ def applies(children: list[tuple[str, nn.Module]], i: int, sig, rec) -> bool:
         return False
     relu_name, pool_name = children[i - 1][0], children[i][0]
     return (pool_name in rec.switches and relu_name in rec.outputs
-            and sig.g.device.type == "cpu" and sig.g.dtype == torch.float32
+            and sig.values.device.type == "cpu" and sig.values.dtype == torch.float32
             and rec.outputs[relu_name].dtype == torch.float32)
 
 
@@ -150,10 +151,36 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
+class Geometry(NamedTuple):
+    """The sizes one sparse step works with, handed to the compiled kernel as one tuple."""
+
+    pooled_h: int  # the pool's output map (the signal's map)
+    pooled_w: int
+    conv_h: int  # the conv's output map (= the ReLU's, = the pool's input)
+    conv_w: int
+    in_h: int  # the conv's input map (the map the step writes into)
+    in_w: int
+    stride_y: int  # the conv's stride, padding and dilation
+    stride_x: int
+    pad_y: int
+    pad_x: int
+    dilation_y: int
+    dilation_x: int
+    in_channels: int  # the conv's input channels
+    kernel_h: int  # the conv's kernel
+    kernel_w: int
+    row_padded: int  # one filter row (kernel_w * in_channels floats) padded to a multiple of LANES
+    unpooled_h: int  # the unpooled window (the pool rule's window below the signal's)
+    unpooled_w: int
+    out_h: int  # the output window (the conv rule's window below that)
+    out_w: int
+    rule: int  # RULES[method]
+
+
 def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, rec, method: str):
     """Children ``i`` (MaxPool2d), ``i-1`` (ReLU), ``i-2`` (Conv2d) backwards in one sparse step.
 
-    ``sig``: the ``deconvnet.Signal`` at the pool's output; returns the signal at
+    ``sig``: the ``windows.Signal`` at the pool's output; returns the signal at
     the conv's input (dense channels), as the three rules would.
     """
     (conv_name, conv), (relu_name, _), (pool_name, pool) = children[i - 2:i + 1]
@@ -161,7 +188,7 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
     Hc, Wc = rec.in_shapes[pool_name][-2:]  # the conv's (= ReLU's = pool's input) map
     Hp, Wp = rec.switches[pool_name].shape[-2:]
     Cin, Hi, Wi = rec.in_shapes[conv_name]
-    K, Cg, h, w = sig.g.shape
+    K, Cg, h, w = sig.values.shape
     oy1, hi = pw.below(sig.oy, h, 0, Hc)  # the pool rule's windows ...
     ox1, wi = pw.below(sig.ox, w, 1, Wc)
     if (sig.units is None and (hi, wi) == (Hc, Wc) and not bool(oy1.any()) and not bool(ox1.any())
@@ -175,7 +202,7 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
     row = kw * Cin
     rowp = -(-row // LANES) * LANES
     wt = _filter_rows(conv, rowp)
-    g = sig.g.contiguous().numpy()
+    g = sig.values.contiguous().numpy()
     yx = rec.switch_yx(pool_name).numpy()  # each switch as (row, column), computed once per record
     rule = RULES[method]
     if rule:
@@ -184,10 +211,10 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
     else:
         mask = np.zeros((1, 1, 1), np.float32)
     units = (sig.units if sig.units is not None else torch.full((K,), -1, dtype=torch.long)).numpy()
-    off = torch.stack([sig.n, sig.oy, sig.ox, oy1, ox1, oy2, ox2], 1).contiguous().numpy()
+    off = torch.stack([sig.index, sig.oy, sig.ox, oy1, ox1, oy2, ox2], 1).contiguous().numpy()
     out = np.zeros((K, h2, w2 * Cin + rowp - row), np.float32)
-    geo = np.array([Hp, Wp, Hc, Wc, Hi, Wi, cw.stride[0], cw.stride[1], cw.padding[0], cw.padding[1],
-                    cw.dilation[0], cw.dilation[1], Cin, kh, kw, rowp, hi, wi, h2, w2, rule], np.int64)
+    geo = Geometry(Hp, Wp, Hc, Wc, Hi, Wi, cw.stride[0], cw.stride[1], cw.padding[0], cw.padding[1],
+                   cw.dilation[0], cw.dilation[1], Cin, kh, kw, rowp, hi, wi, h2, w2, rule)
     kern = _kernel()
 
     def run(a: int, b: int) -> None:
@@ -209,7 +236,7 @@ def unpool_rectify_filter(children: list[tuple[str, nn.Module]], i: int, sig, re
             f.result()
     # channels-last windows seen as (K, C, h, w): a view; the next step copies what it needs
     res = torch.from_numpy(out)[:, :, :w2 * Cin].view(K, h2, w2, Cin).permute(0, 3, 1, 2)
-    return type(sig)(res, sig.n, oy2, ox2, Hi, Wi, None, Cin)
+    return type(sig)(res, sig.index, oy2, ox2, Hi, Wi, None, Cin)
 
 
 def warm_up() -> bool:
@@ -218,15 +245,17 @@ def warm_up() -> bool:
     sparse step is off or Numba is missing."""
     if not (ENABLED and available()):
         return False
-    from ..net import Net
-    from ..nets import ModelMeta
+    from . import deconvnet  # (deconvnet imports this module: a call-time import keeps the engine acyclic)
+    from .switches import record_forward
 
     with torch.random.fork_rng(devices=[]):  # the layers' random init leaves the caller's generator alone
         module = nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 2, 3), relu1=nn.ReLU(),
-                                           pool1=nn.MaxPool2d(3, 2), conv2=nn.Conv2d(2, 2, 1)))
-    net = Net(module, ModelMeta(arch="warm-up", input_size=9), device="cpu")
+                                           pool1=nn.MaxPool2d(3, 2), conv2=nn.Conv2d(2, 2, 1))).eval()
     with torch.no_grad():
-        net.project(net.forward(torch.ones(1, 3, 9, 9)), "conv2", 0)
+        rec = record_forward(module, {"conv2": "conv2"}, torch.ones(1, 3, 9, 9))
+        one = torch.zeros(1, dtype=torch.long)
+        sig = deconvnet.seed_signal(rec.activations["conv2"], one, one, None, None, "map")
+        deconvnet.backward(list(module.named_children()), 3, sig, rec, "deconv")
     return _compiled is not None
 
 
@@ -259,9 +288,10 @@ def _unpool_rectify_filter(g, units, off, yx, mask, wt, geo, out, plane, where, 
     (4) per position, build ``sum_c v_c * filter_c`` in ``patch`` (four channels
     per sweep) and add it into the output at the filter's taps.
     """
-    Hp, Wp, Hc, Wc, Hi, Wi = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
-    sy, sx, pady, padx, dy, dx = geo[6], geo[7], geo[8], geo[9], geo[10], geo[11]
-    Cin, kh, kw, rowp, hi, wi, h2, w2, rule = geo[12], geo[13], geo[14], geo[15], geo[16], geo[17], geo[18], geo[19], geo[20]
+    Hp, Wp, Hc, Wc, Hi, Wi = geo.pooled_h, geo.pooled_w, geo.conv_h, geo.conv_w, geo.in_h, geo.in_w
+    sy, sx, pady, padx, dy, dx = geo.stride_y, geo.stride_x, geo.pad_y, geo.pad_x, geo.dilation_y, geo.dilation_x
+    Cin, kh, kw, rowp = geo.in_channels, geo.kernel_h, geo.kernel_w, geo.row_padded
+    hi, wi, h2, w2, rule = geo.unpooled_h, geo.unpooled_w, geo.out_h, geo.out_w, geo.rule
     Cg, h, w = g.shape[1], g.shape[2], g.shape[3]
     L = kh * rowp
     P = hi * wi
