@@ -15,10 +15,11 @@ transfer, few images (Table 4)           ``transfer.png``          ``transfer.js
 
 (``ablation_filters.png`` only when a first-layer variant was trained.)
 
-``write_report`` renders every file into a temporary file next to its target
-first and only then moves them into place (``os.replace``), so a reader never
-sees a half-written file, and a figure that fails to render leaves the previous
-report untouched instead of a new JSON beside an old figure.
+``write_report`` renders everything in memory first (the figure as PNG bytes)
+and only then writes each file through ``_util.atomic_write`` (a temp file
+beside it, moved into place), so a reader never sees a half-written file, and
+a figure that fails to render leaves the previous report untouched instead of
+a new JSON beside an old figure.
 
 =====================================  ==============================================
 the figure is                          how it is written
@@ -33,37 +34,23 @@ anything else                          ``TypeError``: expected a PIL image, a
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
-from typing import Callable
+
+from .._util import atomic_write
 
 
-def _save_figure(figure, path: Path, dpi: int) -> None:
+def _png(figure, dpi: int) -> bytes:
+    """``figure`` (a matplotlib Figure or a PIL image) as PNG bytes."""
+    buf = io.BytesIO()
     if hasattr(figure, "savefig"):  # a matplotlib Figure (closed ones still save)
-        figure.savefig(path, format="png", dpi=dpi)
+        figure.savefig(buf, format="png", dpi=dpi)
     elif hasattr(figure, "save") and hasattr(figure, "mode"):  # a PIL image
-        figure.save(path, format="PNG")
+        figure.save(buf, format="PNG")
     else:
         raise TypeError(f"figure: expected a PIL image, a matplotlib Figure or None, got {type(figure).__name__}")
-
-
-def _write_text(text: str) -> Callable[[Path], None]:
-    return lambda path: path.write_text(text)
-
-
-def _replace_all(writers: dict[Path, Callable[[Path], None]]) -> None:
-    """Run each ``writer(tmp)`` into a temporary file beside its target, then move all into place."""
-    done: dict[Path, Path] = {}
-    try:
-        for target, write in writers.items():
-            done[target] = tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            write(tmp)
-        for target, tmp in done.items():
-            os.replace(tmp, target)
-    finally:
-        for tmp in done.values():
-            tmp.unlink(missing_ok=True)
+    return buf.getvalue()
 
 
 def write_report(out_dir: str | Path, name: str, figure, data: dict, table: str | None = None, *,
@@ -75,14 +62,13 @@ def write_report(out_dir: str | Path, name: str, figure, data: dict, table: str 
     Returns the paths written: ``{"json": ..., "table": ..., "figure": ...}`` (those given).
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / f"{name}.json"}
-    writers = {paths["json"]: _write_text(json.dumps(data, indent=2) + "\n")}
+    contents = {"json": (f"{name}.json", (json.dumps(data, indent=2) + "\n").encode())}
     if table is not None:
-        paths["table"] = out / f"{name}.md"
-        writers[paths["table"]] = _write_text(table)
+        contents["table"] = (f"{name}.md", table.encode())
     if figure is not None:
-        paths["figure"] = out / f"{figure_name or name}.png"
-        writers[paths["figure"]] = lambda path: _save_figure(figure, path, dpi)
-    _replace_all(writers)
+        contents["figure"] = (f"{figure_name or name}.png", _png(figure, dpi))
+    out.mkdir(parents=True, exist_ok=True)  # everything rendered: only now touch the folder
+    paths = {}
+    for key, (file_name, body) in contents.items():
+        paths[key] = atomic_write(out / file_name, lambda f, body=body: f.write(body))
     return paths
