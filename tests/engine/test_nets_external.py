@@ -339,6 +339,10 @@ def test_register_writes_an_entry_that_resolve_reads_back(tmp_path):
         register("bad", "torchvision:squeezenet1_1", weights=models / "mine.safetensors",
                  classes=["a", "b"], input_size=64, models_dir=models)
     assert "bad" not in json.loads(path.read_text())["models"]
+    reg["models"]["mine"]["classes"] = ["a", "b"]  # an entry edited by hand
+    path.write_text(json.dumps(reg))
+    with pytest.raises(ValueError, match=r"classes: expected 4 names \(the model's outputs\), got 2"):
+        resolve("mine", models)
 
 
 def test_register_a_grayscale_program(tmp_path):

@@ -11,7 +11,7 @@ An entry of ``registry.json`` for a model deconvlab did not train:
 
 | ``arch`` | ``weights`` | built by |
 |---|---|---|
-| ``torchvision:<name>`` | a file, ``torchvision``/``DEFAULT``/an enum name, or none (random) | ``torchvision_any.load_torchvision_model`` |
+| ``torchvision:<name>`` | a file, ``torchvision``/``DEFAULT``/an enum name, or none (random; ``"num_classes"`` then says how many) | ``torchvision_any.load_torchvision_model`` |
 | ``export`` / ``torchscript`` | the program file (``.pt2`` audited; TorchScript needs ``"trust": true``) | ``program.load_program`` |
 
 Relative paths are relative to the models folder. ``classes`` is a list or a
@@ -115,6 +115,8 @@ def open_entry(entry: dict, root: Path, name: str = "", trust: bool = False) -> 
         channels = len(mean)
     size = int(entry.get("input_size") or d.get("input_size", 224))
     classes = read_classes(entry.get("classes"), root) or d.get("classes") or []
+    if arch.startswith("torchvision:") and len(classes) != config["num_classes"]:
+        raise ValueError(f"classes: expected {config['num_classes']} names (the model's outputs), got {len(classes)}")
     if not classes:
         classes = numbered(check_module(module, channels, size))
     config["in_channels"] = len(mean)
