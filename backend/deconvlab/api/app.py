@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 
 from .. import __version__
+from . import bounds, fallback, openapi
 from . import errors, static
 from .config import Settings
 from .state import AppState, ModelSlot
@@ -146,11 +147,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "Networks*: deconvnet projections, top-k patches, occlusion. "
                               "The contract: backend/deconvlab/api/README.md.")
     errors.install(app)
+    bounds.install(app, settings.max_body_bytes)
+    openapi.install(app, settings.evolution_max_n)
 
     from .routes import analyses, filters, images, occlusion, system, top
 
     for r in (system.router, images.router, top.router, occlusion.router, filters.router, analyses.router):
         app.include_router(r, prefix="/api")
+    fallback.install(app)  # after the API routes, before any mount: 405 with the real Allow, JSON 404
 
     app.mount(DOCS_STATIC, static.docs_files(), name="docs-static")
 

@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     occlusion_max_passes: int = Field(4096, ge=1)
     # occluder positions per batch in the occlusion computation
     occlusion_batch: int = Field(128, ge=1)
+    # largest JSON (non-multipart) request body accepted, in bytes (413 beyond): the biggest body the API
+    # takes, an occlusion request, is under 200 bytes; uploads have max_upload_bytes instead
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    # estimated forward passes allowed to wait or run at once (an occlusion costs its positions + 1, an
+    # evolution batch its images x snapshots, anything else 1); one more gets 429 with Retry-After
+    queue_passes: int = Field(8192, ge=1)
+    # bytes of the server's on-disk caches (occlusion results, evolution scans) under state_dir; the least
+    # recently used files go first beyond it (0: no bound)
+    disk_cache_bytes: int = Field(1 << 30, ge=0)
+    # most data-set images one evolution request may search (n; 422 beyond): the scan costs n x snapshots
+    # forward passes, shared by every request for the model
+    evolution_max_n: int = Field(1000, ge=1)
     # browser app served at "/" (a folder with index.html); empty: the package's copy or the checkout's frontend/
     frontend_dir: str = ""
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
 
-from .errors import IndexUnavailable, NotFound
+from .errors import IndexUnavailable, NotFound, echo
 from .state import AppState, ModelSlot
 from .storage import StoredImage
 
@@ -40,7 +40,7 @@ Model = Annotated[ModelSlot, Depends(get_slot)]
 def get_image(state: State, image_id: Annotated[str, Path(description="id from POST /api/images")]) -> StoredImage:
     stored = state.store.get(image_id)
     if stored is None:
-        raise NotFound(f"unknown image: {image_id!r} (upload it with POST /api/images)")
+        raise NotFound(f"unknown image: {echo(image_id)} (upload it with POST /api/images)")
     return stored
 
 

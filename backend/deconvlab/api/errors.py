@@ -84,14 +84,41 @@ def library_errors():
         raise Unprocessable(_message(e)) from None
 
 
-def _validation_message(exc: RequestValidationError) -> str:
+# ---- echoed values and JSON bodies (issue 12: bounded answers; added by the API routes' helper)
+
+ECHO_CHARS = 80  # longest echo of a client's value in a detail
+
+
+def echo(value, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, ending in "…" when cut: a detail never repeats
+    a client's input in full (a 200 MB string as ``size`` is answered in a few hundred bytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _json_where(body: bytes | None, offset) -> str:
+    """``line L, column C`` of character ``offset`` of the body (both from 1), or ``character N``."""
+    if not isinstance(offset, int):
+        return "an unknown place"
+    if body is None:
+        return f"character {offset + 1}"
+    head = body.decode("utf-8", "replace")[:offset]  # the offset counts characters of the decoded text
+    return f"line {head.count(chr(10)) + 1}, column {offset - head.rfind(chr(10))}"
+
+
+def _validation_message(exc: RequestValidationError, body: bytes | None = None) -> str:
     parts = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body")]
         where = ".".join(loc) or "request"
         msg = err.get("msg", "invalid")
-        if "input" in err and err.get("type") != "missing":
-            parts.append(f"{where}: {msg}, got {err['input']!r}")
+        if err.get("type") == "json_invalid":
+            why = (err.get("ctx") or {}).get("error", "")
+            loc = err.get("loc", ())
+            parts.append(f"the body is not valid JSON: {why or 'decode error'} at "
+                         f"{_json_where(body, loc[1] if len(loc) > 1 else None)}")
+        elif "input" in err and err.get("type") != "missing":
+            parts.append(f"{where}: {msg}, got {echo(err['input'])}")
         else:
             parts.append(f"{where}: {msg}")
     return "; ".join(parts)
@@ -147,7 +174,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
+        try:
+            body = await request.body()  # already read (and kept) by the route: where a JSON error is
+        except RuntimeError:
+            body = None
+        return JSONResponse({"detail": _validation_message(exc, body)}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, exc: QueueFull):

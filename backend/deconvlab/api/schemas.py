@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Health(BaseModel):
@@ -112,6 +112,9 @@ class Samples(BaseModel):
 
 
 class OcclusionRequest(BaseModel):
+    # strict: JSON types as they are; true is not 1 and "32" is not 32 (422 naming the field)
+    model_config = ConfigDict(strict=True)
+
     size: int = Field(32, description="side of the grey square, input pixels")
     stride: int = Field(8, description="step between square positions, input pixels")
     layer: str = Field("conv5", description="layer whose strongest feature map is tracked")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
-from .errors import ModelUnavailable, NotFound, Unprocessable
+from .errors import ModelUnavailable, NotFound, Unprocessable, echo
 from .evolution_cache import EvolutionCache
 from .results import OcclusionStore
 from .runner import Runner
@@ -48,12 +48,12 @@ class ModelSlot:
         for d in self.info:
             if d["name"] == layer:
                 return d
-        raise NotFound(f"unknown layer: {layer!r} (model {self.name!r} has {', '.join(d['name'] for d in self.info)})")
+        raise NotFound(f"unknown layer: {echo(layer)} (model {self.name!r} has {', '.join(d['name'] for d in self.info)})")
 
     def unit(self, layer: str, unit: int) -> dict:
         d = self.layer(layer)
         if not 0 <= unit < d["channels"]:
-            raise Unprocessable(f"unit: expected 0..{d['channels'] - 1} for layer {layer}, got {unit}")
+            raise Unprocessable(f"unit: expected 0..{d['channels'] - 1} for layer {layer}, got {echo(unit)}")
         return d
 
     def label(self, class_index: int) -> str:
@@ -67,7 +67,7 @@ class AppState:
         self.settings = settings
         self.runner = Runner(settings.queue_size, settings.retry_after_s, settings.cache_bytes)
         root = settings.state_path()
-        self.store = ImageStore(root / "uploads", settings.max_pixels, settings.max_aspect)
+        self.store = ImageStore(root / "uploads", settings.max_pixels)
         self.occlusions = OcclusionStore(root / "occlusions")
         self.evolutions = EvolutionCache(root / "evolution")
         self.models: dict[str, ModelSlot] = {}
@@ -79,7 +79,7 @@ class AppState:
         name = name or self.default
         s = self.models.get(name)
         if s is None:
-            raise NotFound(f"unknown model: {name!r} (expected one of {', '.join(sorted(self.models)) or 'none'})")
+            raise NotFound(f"unknown model: {echo(name)} (expected one of {', '.join(sorted(self.models)) or 'none'})")
         if s.net is None:
             raise ModelUnavailable(f"model {name!r} failed to load: {s.error}")
         return s

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from .errors import Unprocessable
+from .errors import Unprocessable, echo
 from .storage import TooLarge
 
 
@@ -27,7 +27,7 @@ async def read_upload(request: Request, field_name: str = "file") -> tuple[bytes
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise Unprocessable(f"upload: expected a multipart/form-data body with a {field_name!r} field, "
-                            f"got content type {ctype.decode('latin-1') or 'none'!r}")
+                            f"got content type {echo(ctype.decode('latin-1') or 'none')}")
     part = {"name": None, "filename": "", "headers": {}, "field": b"", "value": b""}
     found: dict = {}
     chunks: list[bytes] = []

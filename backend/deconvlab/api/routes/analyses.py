@@ -21,7 +21,7 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from ..deps import Model, Split, State
-from ..errors import Unprocessable, library_errors
+from ..errors import Unprocessable, echo, library_errors
 from ..params import Layer, Unit, model_query
 from ..png import PNG_HEADERS, png_bytes
 
@@ -55,9 +55,9 @@ def _subset(split, n: int | None, seed: int) -> int:
     total = len(split)
     n = min(DEFAULT_N, total) if n is None else n
     if not 1 <= n <= total:
-        raise Unprocessable(f"n: expected 1..{total} (the data set's images), got {n}")
+        raise Unprocessable(f"n: expected 1..{total} (the data set's images), got {echo(n)}")
     if seed < 0:
-        raise Unprocessable(f"seed: expected a non-negative integer, got {seed}")
+        raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
     return n
 
 
@@ -100,6 +100,6 @@ def _projection_png(ev, layer: str, unit: int, epoch: int) -> bytes:
     with library_errors():
         step = next((s for s in ev.unit(layer, unit) if s.epoch == epoch), None)
         if step is None:
-            raise KeyError(f"unknown epoch: expected one of {ev.epochs}, got {epoch}")
+            raise KeyError(f"unknown epoch: expected one of {ev.epochs}, got {echo(epoch)}")
         t, l, b, r = step.box
         return png_bytes(projection_image(ev.projection(layer, unit, epoch)).crop((l, t, r, b)))

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 
 from ..deps import Image, Model, State
-from ..errors import Unprocessable
+from ..errors import Unprocessable, echo
 from ..params import Layer, Unit, model_query
 from ..png import PNG_HEADERS, feature_map_png, png_bytes, projection_png
 from ..records import forward_record, projection as cached_projection
@@ -52,7 +52,7 @@ async def predictions(state: State, slot: Model, img: Image, k: Annotated[int, Q
     """The k most probable classes."""
     n = slot.info[-1]["channels"]
     if not 1 <= k <= n:
-        raise Unprocessable(f"k: expected 1..{n}, got {k}")
+        raise Unprocessable(f"k: expected 1..{n}, got {echo(k)}")
 
     def work():
         v, i = forward_record(state, slot, img).probabilities()[0].float().cpu().topk(k)
@@ -100,7 +100,7 @@ async def unit_map(state: State, slot: Model, img: Image, layer: Layer, unit: Un
     """The unit's feature map, colour-mapped (viridis), upscaled to ``size`` px."""
     slot.unit(layer, unit)
     if not 8 <= size <= 1024:
-        raise Unprocessable(f"size: expected 8..1024 pixels, got {size}")
+        raise Unprocessable(f"size: expected 8..1024 pixels, got {echo(size)}")
 
     def work():
         act = forward_record(state, slot, img).activations[layer][0]
@@ -114,12 +114,12 @@ async def unit_map(state: State, slot: Model, img: Image, layer: Layer, unit: Un
 def _position(d: dict, y: int | None, x: int | None) -> tuple[int, int] | None:
     """The point seed's (y, x) from the query, checked against the layer's map (422 otherwise)."""
     if (y is None) != (x is None):
-        raise Unprocessable(f"position: expected both y and x, or neither, got y={y}, x={x}")
+        raise Unprocessable(f"position: expected both y and x, or neither, got y={echo(y)}, x={echo(x)}")
     if y is not None and d["kind"] == "conv":
         _, H, W = d["shape"]
         if not (0 <= y < H and 0 <= x < W):
             raise Unprocessable(f"position: expected y in 0..{H - 1} and x in 0..{W - 1} for layer {d['name']}, "
-                                f"got ({y}, {x})")
+                                f"got ({echo(y)}, {echo(x)})")
     return None if y is None else (y, x)
 
 

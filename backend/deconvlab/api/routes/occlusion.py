@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Response
 
 from ..deps import Image, Model, State
-from ..errors import NotFound, Unprocessable, library_errors
+from ..errors import NotFound, Unprocessable, echo, library_errors
 from ..png import PNG_HEADERS, class_map_png, heat_map_png
 from ..records import forward_record
 from ..results import KINDS
@@ -31,11 +31,11 @@ def _check(slot, req: OcclusionRequest, budget: int) -> None:
     with library_errors():
         passes = occlusion_passes(S, S, req.size, req.stride)
     if passes > budget:
-        raise Unprocessable(f"occlusion with size {req.size} and stride {req.stride} needs {passes} forward "
+        raise Unprocessable(f"occlusion with size {echo(req.size)} and stride {echo(req.stride)} needs {passes} forward "
                             f"passes; the budget is {budget} (use a larger stride or square)")
     n = slot.info[-1]["channels"]
     if req.class_index is not None and not 0 <= req.class_index < n:
-        raise Unprocessable(f"class_index: expected 0..{n - 1}, got {req.class_index}")
+        raise Unprocessable(f"class_index: expected 0..{n - 1}, got {echo(req.class_index)}")
 
 
 def _response(oid: str, meta: dict, arrays: dict) -> OcclusionResponse:
@@ -77,10 +77,10 @@ async def occlusion_png(state: State, occlusion_id: Annotated[str, Path()], kind
     """One of the three maps as a picture: activation and probability through viridis
     (probability on a fixed 0..1 scale), the top class in one colour per class."""
     if kind not in KINDS:
-        raise NotFound(f"unknown occlusion map: {kind!r} (expected one of {', '.join(KINDS)})")
+        raise NotFound(f"unknown occlusion map: {echo(kind)} (expected one of {', '.join(KINDS)})")
     found = state.occlusions.get(occlusion_id)
     if found is None:
-        raise NotFound(f"unknown occlusion: {occlusion_id!r} (run POST /api/images/{{image_id}}/occlusion)")
+        raise NotFound(f"unknown occlusion: {echo(occlusion_id)} (run POST /api/images/{{image_id}}/occlusion)")
     a = found[1][kind]
     scale = max(1, round(224 / max(a.shape)))
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from ..deps import Index, Model, Split, State
-from ..errors import NotFound, Unprocessable, library_errors
+from ..errors import NotFound, Unprocessable, echo, library_errors
 from ..params import Layer, Rank, Unit, model_query
 from ..png import PNG_HEADERS, png_bytes, projection_png
 from ..schemas import Samples, Top, TopEntry
@@ -26,7 +26,7 @@ async def top(state: State, slot: Model, idx: Index, layer: Layer, unit: Unit,
     slot.unit(layer, unit)
     k = min(9, idx.k) if k is None else k
     if not 1 <= k <= idx.k:
-        raise Unprocessable(f"k: expected 1..{idx.k} (the index keeps {idx.k} per unit), got {k}")
+        raise Unprocessable(f"k: expected 1..{idx.k} (the index keeps {idx.k} per unit), got {echo(k)}")
 
     def work():
         with library_errors():
@@ -72,7 +72,7 @@ async def top_projection(state: State, slot: Model, idx: Index, layer: Layer, un
 async def dataset_image(split: Split, image_index: Annotated[int, Path()]) -> FileResponse:
     """A whole data-set image, as stored (addressed by its index in the sorted listing)."""
     if not 0 <= image_index < len(split):
-        raise NotFound(f"unknown data-set image: {image_index} (expected 0..{len(split) - 1})")
+        raise NotFound(f"unknown data-set image: {echo(image_index)} (expected 0..{len(split) - 1})")
     path = split.path(image_index)
     media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return FileResponse(path, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
@@ -83,9 +83,9 @@ async def dataset_samples(split: Split, n: Annotated[int, Query()] = 12,
                           seed: Annotated[int, Query()] = 0) -> Samples:
     """``n`` data-set images drawn at random (the same ``seed``, the same draw)."""
     if not 1 <= n <= 200:
-        raise Unprocessable(f"n: expected 1..200, got {n}")
+        raise Unprocessable(f"n: expected 1..200, got {echo(n)}")
     if seed < 0:
-        raise Unprocessable(f"seed: expected a non-negative integer, got {seed}")
+        raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
     pick = np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)
     labels = split.labels
     return Samples(samples=[{"image_index": int(i), "label": labels[split.targets[int(i)]],
