@@ -29,6 +29,8 @@ step            rule                                                        when
 "A note" is a sentence appended to the caller's ``notes`` list, or a warning
 on the ``deconvlab.data`` logger when the caller passes none. The result has
 no orientation tag and no profile left, so reading it again changes nothing.
+``inspect_image`` is the cheap half: the upright size and the notes from the
+metadata alone, without converting a pixel (what an upload is checked with).
 
 ``resize_crop`` is the model's view (shorter side to S, centre S x S crop),
 computed crop first so its cost is bounded by S, not by the input's longer side.
@@ -172,9 +174,9 @@ def to_rgb(im: Image.Image, notes: list[str] | None = None) -> Image.Image:
     """
     im.load()  # decoding errors are the caller's, never taken for a metadata problem below
     icc = im.info.get("icc_profile")
-    im = _upright(im, notes)
-    base = _flatten(im)
-    out = _to_srgb(im, base, icc, notes) if icc else base
+    up = _upright(im, notes)
+    base = up if up is not im and up.mode == "RGB" else _flatten(up)  # a turned RGB image is a new one already
+    out = _to_srgb(up, base, icc, notes) if icc else base
     out.info.pop("icc_profile", None)
     return out
 
@@ -191,24 +193,62 @@ def _why(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _upright(im: Image.Image, notes: list[str] | None) -> Image.Image:
-    """Orientation 2..8 applied (``ImageOps.exif_transpose``); 1, no tag or a value outside 1..8: as stored."""
+def inspect_image(im: Image.Image, notes: list[str] | None = None) -> tuple[int, int]:
+    """The (width, height) ``to_rgb(im)`` will have, from the metadata alone (no pixel converted),
+    and into ``notes`` what it will have to ignore: the cheap half of ``to_rgb`` (uploads use it)."""
+    w, h = im.size
+    orientation = _orientation(im, notes)
+    icc = im.info.get("icc_profile")
+    if icc:
+        _profile_transform(im, icc, notes)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _orientation(im: Image.Image, notes: list[str] | None) -> int:
+    """The EXIF Orientation, 1..8; 1 for no tag, a value outside 1..8 or an unreadable EXIF block (noted)."""
     try:
-        if im.getexif().get(_ORIENTATION, 1) in range(2, 9):
-            return ImageOps.exif_transpose(im)
+        o = im.getexif().get(_ORIENTATION, 1)
     except Exception as e:  # noqa: BLE001 -- a broken EXIF block must not refuse the photo
         _note(notes, f"EXIF block unreadable ({_why(e)}): the orientation is ignored")
-    return im
+        return 1
+    return o if isinstance(o, int) and 1 <= o <= 8 else 1
+
+
+def _upright(im: Image.Image, notes: list[str] | None) -> Image.Image:
+    """Orientation 2..8 applied (``ImageOps.exif_transpose``); 1: as stored."""
+    if _orientation(im, notes) == 1:
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 -- as for an unreadable block
+        _note(notes, f"EXIF orientation not applied ({_why(e)}): the image is taken as stored")
+        return im
+
+
+def _reading_mode(im: Image.Image) -> str:
+    """The PIL mode a profile for ``im`` must describe: CMYK, L (grey modes) or RGB (the rest)."""
+    return "CMYK" if im.mode == "CMYK" else ("L" if _is_grey(im.mode) else "RGB")
+
+
+def _profile_transform(im: Image.Image, icc: bytes, notes: list[str] | None):
+    """``im``'s profile -> sRGB transform, or None (noted) when the profile cannot be used."""
+    try:
+        return _srgb_transform(bytes(icc), _reading_mode(im))
+    except Exception as e:  # noqa: BLE001 -- by contract (api/README.md) an unusable profile is ignored
+        _note(notes, f"embedded ICC profile ignored ({_why(e)}): the pixels are read as sRGB")
+        return None
 
 
 def _to_srgb(im: Image.Image, base: Image.Image, icc: bytes, notes: list[str] | None) -> Image.Image:
     """``base`` (``im`` flattened to RGB) converted from ``im``'s embedded profile to sRGB; ``base`` when unusable."""
-    mode = "CMYK" if im.mode == "CMYK" else ("L" if _is_grey(im.mode) else "RGB")
+    transform = _profile_transform(im, icc, notes)
+    if transform is None:
+        return base
+    mode = _reading_mode(im)
+    src = im if mode == "CMYK" else (base.convert("L") if mode == "L" else base)
     try:
-        transform = _srgb_transform(bytes(icc), mode)
-        src = im if mode == "CMYK" else (base.convert("L") if mode == "L" else base)
         return ImageCms.applyTransform(src, transform)
-    except Exception as e:  # noqa: BLE001 -- by contract (api/README.md) an unusable profile is ignored
+    except Exception as e:  # noqa: BLE001 -- as for an unreadable profile
         _note(notes, f"embedded ICC profile ignored ({_why(e)}): the pixels are read as sRGB")
         return base
 

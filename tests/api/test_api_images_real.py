@@ -36,7 +36,7 @@ from PIL import Image, ImageCms
 
 from deconvlab.api import Settings, create_app
 from deconvlab.api.storage import ImageStore, StoredImage
-from deconvlab.data import Split, decoded, load_rgb, open_image, resize_crop, to_rgb
+from deconvlab.data import Split, decoded, inspect_image, load_rgb, open_image, resize_crop, to_rgb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,6 +118,8 @@ def test_every_orientation_is_read_upright_by_every_reader(orientation, tmp_path
     np.testing.assert_array_equal(np.asarray(open_image(png)), u)
     got = np.asarray(open_image(jpeg), dtype=np.int16)
     assert got.shape == u.shape and np.abs(got - u).mean() < 2.0 and np.abs(got - u).max() <= 24
+    with Image.open(io.BytesIO(jpeg)) as im:  # the upload's cheap reading of the same metadata
+        assert inspect_image(im) == (48, 32)
     # the data set's readers: a path (load_rgb, decoded) and the top-k index's open-then-convert
     cls = tmp_path / "val" / "n01440764"
     cls.mkdir(parents=True)

@@ -12,14 +12,16 @@ status codes):
    pixel limit (decompression bombs) -> ``TooLarge`` (413);
 4. the longer side over ``max_aspect`` times the shorter (a 1 x 40,000,000
    PNG is under the pixel limit) -> ``BadShape`` (422), also from the header;
-5. a full read by ``deconvlab.data.open_image`` (GIF: the first frame; TIFF:
-   the first page; EXIF orientation applied, an ICC profile converted to
-   sRGB, any mode to RGB); truncated or corrupt data -> ``CorruptImage`` (422).
+5. a full decode of the first frame (GIF: the first frame; TIFF: the first
+   page); truncated or corrupt data -> ``CorruptImage`` (422).
 
-The width and height recorded are the upright ones (after the orientation);
-the bytes stored are the uploaded ones, untouched. What ``open_image`` had to
-ignore (an unreadable ICC profile or EXIF block) is logged as a warning naming
-the image id, and kept in the record's ``notes``; the upload still succeeds.
+The width and height recorded are the upright ones, as ``deconvlab.data``'s
+reader will see the image (``inspect_image``: from the EXIF orientation,
+without turning a pixel); the bytes stored are the uploaded ones, untouched.
+What the reader will have to ignore (an unusable ICC profile, an unreadable
+EXIF block) is logged as a warning naming the image id and kept in the
+record's ``notes``; the upload still succeeds. Every later read is
+``open_image`` (``ImageStore.load``): orientation, sRGB, RGB.
 ``ImageStore.load`` checks the shape again, so an image stored under a looser
 limit (an older server) is refused with the same 422, never decoded.
 
@@ -112,9 +114,9 @@ def check_image(data: bytes, max_pixels: int, max_aspect: float | None = None,
                 notes: list[str] | None = None) -> tuple[str, int, int]:
     """(format, upright width, upright height) of acceptable image bytes; raises an ``UploadError`` otherwise.
 
-    ``notes`` collects what the reader ignored (see ``deconvlab.data.to_rgb``).
+    ``notes`` collects what the reader will ignore (see ``deconvlab.data.to_rgb``).
     """
-    from ..data import open_image
+    from ..data import inspect_image
 
     if len(data) == 0:
         raise CorruptImage("empty upload: expected an image file, got 0 bytes")
@@ -145,12 +147,13 @@ def check_image(data: bytes, max_pixels: int, max_aspect: float | None = None,
         check_shape(w, h, max_aspect)
         try:
             im.seek(0)
-            upright = open_image(im, notes)  # decodes the whole first frame
+            im.load()
         except Image.DecompressionBombError as e:
             raise TooLarge(f"image too large: expected at most {max_pixels} pixels ({e})") from None
         except Exception as e:  # truncated or corrupt pixel data
             raise CorruptImage(f"corrupt or truncated image ({fmt}): {e}") from None
-    return fmt, upright.width, upright.height
+        w, h = inspect_image(im, notes)
+    return fmt, w, h
 
 
 def decode(data: bytes) -> Image.Image:
