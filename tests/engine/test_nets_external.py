@@ -309,6 +309,11 @@ def test_torchscript_needs_trust_and_then_round_trips(tmp_path):
     assert torch.allclose(load_program(tmp_path / "tiny.ts", trust=True)(x), tiny(x), atol=1e-6)
     module, meta = resolve(str(tmp_path / "tiny.ts"), trust=True)
     assert meta.arch == "torchscript" and len(meta.classes) == 5
+    (tmp_path / "tiny.pt").write_bytes((tmp_path / "tiny.ts").read_bytes())  # the usual suffix, by content
+    with pytest.raises(ValueError, match="a TorchScript file is a program"):
+        resolve(str(tmp_path / "tiny.pt"))
+    with pytest.raises(ValueError, match=r"tiny\.pt is a torchscript program, not a state dict"):
+        load_torchvision("squeezenet1_1", tmp_path / "tiny.pt")
 
 
 def test_a_torch_save_of_a_module_is_not_a_program(tmp_path):

@@ -43,6 +43,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
         obj = load_file(str(path), device="cpu")
     else:
+        from .program import archive_kind
+
+        if archive_kind(path) in ("torchscript", "pt2"):
+            raise ValueError(f"{path} is a {archive_kind(path)} program, not a state dict: open it with "
+                             f"nets.load_program(path) or resolve(path) (TorchScript: with trust=True)")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
