@@ -56,8 +56,14 @@ import torch
 from .report import write_report
 
 DEFAULT_LAYERS = ("conv5", "fc7")
-# the box file shipped with the repository (the CLI's default --boxes)
-DEFAULT_BOX_FILE = Path(__file__).resolve().parents[3] / "models" / "analyses" / "correspondence_boxes.json"
+
+
+def default_box_file() -> Path:
+    """The example box file among the shipped models (``models/analyses/correspondence_boxes.json`` of
+    a checkout; a wheel carries only the default model, so there it names a file that is not there)."""
+    from .._resources import shipped_models_dir
+
+    return (shipped_models_dir() or Path("models")) / "analyses" / "correspondence_boxes.json"
 
 
 # ------------------------------------------------------------------ Hamming sums

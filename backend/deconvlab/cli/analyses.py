@@ -166,10 +166,10 @@ def _invariance(args) -> int:
 # ---------------------------------------------------------------- correspondence (Table 1, Fig. 8)
 
 def _correspondence_options(p) -> None:
-    from ..analyses.correspondence import DEFAULT_BOX_FILE, DEFAULT_LAYERS
+    from ..analyses.correspondence import DEFAULT_LAYERS, default_box_file
 
     source_args(p, split=None)
-    p.add_argument("--boxes", default=str(DEFAULT_BOX_FILE), help="JSON box file (see correspondence.read_box_file)")
+    p.add_argument("--boxes", default=str(default_box_file()), help="JSON box file (see correspondence.read_box_file)")
     p.add_argument("--layers", nargs="*", default=list(DEFAULT_LAYERS))
     p.add_argument("--random-trials", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
