@@ -73,12 +73,12 @@ class Settings(BaseSettings):
         return [n.strip() for n in self.serve_models.split(",") if n.strip()]
 
     def models_path(self) -> Path:
+        """``models``, else ``deconvlab.nets.models_dir()`` (``$DECONVLAB_MODELS``, the user folder over
+        the shipped models, or the checkout's ``models/``)."""
         from ..nets import models_dir
 
         return Path(self.models) if self.models else models_dir()
 
-        """``models``, else ``deconvlab.nets.models_dir()`` (``$DECONVLAB_MODELS``, the user folder over
-        the shipped models, or the checkout's ``models/``)."""
     @model_validator(mode="before")
     @classmethod
     def _older_names(cls, values):
@@ -99,4 +99,6 @@ class Settings(BaseSettings):
         (``deconvlab._resources.frontend_dir``); ``None`` when there is none (no app at ``/``)."""
         if self.frontend_dir:
             return Path(self.frontend_dir)
-        return Path(__file__).resolve().parents[3] / "frontend"
+        from .._resources import frontend_dir
+
+        return frontend_dir()

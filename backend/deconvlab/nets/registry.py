@@ -110,27 +110,28 @@ def user_models_dir() -> Path:
 def models_dir() -> Path:
     """The models folder: the one ``read_registry``, ``resolve`` read and ``publish``, ``register`` write.
 
-    ===  ==========================================================  ==========================================
-    #    when                                                        folder
-    ===  ==========================================================  ==========================================
-    1    ``$DECONVLAB_MODELS`` is set                                that folder, alone
-    2    the user folder holds ``registry.json``, or the package     ``user_models_dir()``, read as its entries
-         carries models of its own (installed from a wheel)          on top of the shipped ones (``read_registry``)
-    3    an editable install (no user registry)                      the checkout's ``models/``
-    4    none of these                                               ``user_models_dir()`` (empty until a publish)
-    ===  ==========================================================  ==========================================
+    ===  ============================================  =====================================================
+    #    when                                          folder
+    ===  ============================================  =====================================================
+    1    ``$DECONVLAB_MODELS`` is set                  that folder, alone
+    2    the user folder holds ``registry.json``       ``user_models_dir()``, its entries read on top of the
+                                                       shipped models (``read_registry``)
+    3    an editable install (a checkout)              the checkout's ``models/`` (``make train`` publishes
+                                                       the committed default model there)
+    4    otherwise (installed from a wheel)            ``user_models_dir()`` all the same: until something is
+                                                       published it reads as the shipped models alone
+    ===  ============================================  =====================================================
 
-    Rule 2 never hands out the wheel's own folder, so nothing is ever written
-    into the installed package; rule 3 keeps ``make train`` publishing into
-    the checkout. Where the shipped models are: ``deconvlab._resources``.
+    The wheel's own folder (``_resources.shipped_models_dir()``) is never
+    handed out, so nothing is ever written into the installed package.
     """
-    from .._resources import SHIPPED, checkout_root
+    from .._resources import checkout_root
 
     env = os.environ.get("DECONVLAB_MODELS")
     if env:
         return Path(env)
     user = user_models_dir()
-    if (user / "registry.json").is_file() or (SHIPPED / "models" / "registry.json").is_file():
+    if (user / "registry.json").is_file():
         return user
     root = checkout_root()
     if root is not None and (root / "models" / "registry.json").is_file():
