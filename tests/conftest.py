@@ -119,8 +119,10 @@ def small_record(small_net, sample_image):
 
 
 @contextlib.contextmanager
-def live_server(env: dict, workdir: Path, timeout: float = 60.0):
+def live_server(env: dict, workdir: Path, timeout: float = 60.0, python: str | None = None):
     """Run ``deconvlab serve`` as a real uvicorn process on a free 127.0.0.1 port; yield its base URL.
+
+    ``python``: the interpreter to run it with (default this one; the wheel test passes its venv's).
 
     Waits for ``/api/health``; fails the test with the server's log if it dies or
     does not answer in ``timeout`` seconds; terminates it (then kills) at the end.
@@ -137,7 +139,7 @@ def live_server(env: dict, workdir: Path, timeout: float = 60.0):
         port = s.getsockname()[1]
     log_path = Path(workdir) / "server.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "deconvlab.cli", "serve", "--host", "127.0.0.1",
+    proc = subprocess.Popen([python or sys.executable, "-m", "deconvlab.cli", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"],
                             env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
