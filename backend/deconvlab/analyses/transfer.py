@@ -243,6 +243,16 @@ def train_from_scratch(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray
 
 # ------------------------------------------------------------------ the whole table
 
+def _matching_recipe(net, base: TrainConfig) -> TrainConfig:
+    """``base`` with the architecture of ``net`` (width, fc size, dropped layers, first layer, input size),
+    on the CPU and quiet: the from-scratch net of Table 4 is the pretrained net's architecture."""
+    cfg = net.meta.config
+    return replace(base, width=cfg.get("width", base.width), fc_size=cfg.get("fc_size", base.fc_size),
+                   drop_layers=list(cfg.get("drop_layers", [])), conv1_kernel=cfg.get("conv1_kernel", 7),
+                   conv1_stride=cfg.get("conv1_stride", 2), input_size=net.meta.input_size, device="cpu",
+                   progress=False)
+
+
 def transfer(pretrained: str | Path, target_root: str | Path, shots: Sequence[int] = (5, 15, 30),
              scratch: TrainConfig | None = None, scratch_steps: int = 300, layers: Sequence[str] = ("fc7",),
              weight_decay: float = 1e-2, seed: int = 0, work: str | Path = "runs/transfer",
@@ -267,12 +277,7 @@ def transfer(pretrained: str | Path, target_root: str | Path, shots: Sequence[in
     bad = [L for L in layers if L not in net.layers]
     if bad:
         raise KeyError(f"unknown layer: expected some of {net.layers}, got {bad}")
-    cfg = net.meta.config
-    base = scratch or TrainConfig()
-    base = replace(base, width=cfg.get("width", base.width), fc_size=cfg.get("fc_size", base.fc_size),
-                   drop_layers=list(cfg.get("drop_layers", [])), conv1_kernel=cfg.get("conv1_kernel", 7),
-                   conv1_stride=cfg.get("conv1_stride", 2), input_size=net.meta.input_size, device="cpu",
-                   progress=False)
+    base = _matching_recipe(net, scratch or TrainConfig())
     size = net.meta.input_size
     val = list_split(target_root, "val")
     classes = val.class_ids
