@@ -267,7 +267,8 @@ def _srgb_transform(icc: bytes, mode: str) -> "ImageCms.ImageCmsTransform":
         raise ValueError(f"colour space: expected one of {', '.join(_PROFILE_SPACES)}, got {space!r}")
     if want != mode:
         raise ValueError(f"the profile is {space}, the image {mode}")
-    intent = ImageCms.Intent(src.profile.rendering_intent)
+    header = src.profile.rendering_intent  # 0..3 by ICC.1; anything else is read as perceptual (0)
+    intent = ImageCms.Intent(header if header in (0, 1, 2, 3) else 0)
     return ImageCms.buildTransform(src, _SRGB, mode, "RGB", renderingIntent=intent)
 
 

@@ -134,6 +134,16 @@ def test_every_orientation_is_read_upright_by_every_reader(orientation, tmp_path
     np.testing.assert_array_equal(arr[0], np.asarray(resize_crop(Image.fromarray(u), 24)))
 
 
+def test_orientation_values_outside_the_eight_are_taken_as_stored():
+    u = upright_picture()
+    for value in (0, 9, 65535):
+        png = tagged(u, value, "PNG")
+        assert Image.open(io.BytesIO(png)).getexif()[0x0112] == value
+        notes: list[str] = []
+        np.testing.assert_array_equal(np.asarray(open_image(png, notes)), u)
+        assert notes == []
+
+
 @pytest.mark.parametrize("orientation", [3, 6, 7, 8])
 def test_uploads_report_upright_sizes_and_views_and_keep_the_bytes(client, settings, small_net, orientation):
     u = upright_picture()
@@ -225,6 +235,17 @@ def test_a_grey_profile_is_converted_as_its_curve_says():
     want = np.round(255 * np.where(y <= 0.0031308, 12.92 * y, 1.055 * y ** (1 / 2.4) - 0.055)).astype(np.int16)
     assert got.shape == (16, 16, 3) and np.abs(got - want[..., None]).max() <= 1
     assert np.abs(got - v[..., None].astype(np.int16)).max() >= 5  # ...and not read as sRGB
+
+
+def test_the_data_set_readers_warn_about_an_unusable_profile_and_read_srgb(tmp_path, caplog):
+    u = colourful()
+    path = tmp_path / "x.png"
+    path.write_bytes(encode(Image.fromarray(u), "PNG", icc_profile=b"\x00" * 200))
+    with caplog.at_level(logging.WARNING, logger="deconvlab.data"):
+        got = load_rgb(path)
+    np.testing.assert_array_equal(np.asarray(got), u)
+    assert [r.getMessage() for r in caplog.records if r.name == "deconvlab.data"] == [
+        "embedded ICC profile ignored (OSError: cannot open profile from string): the pixels are read as sRGB"]
 
 
 def test_uploads_see_the_profile_and_ignore_an_unusable_one_with_a_logged_warning(client, caplog):
