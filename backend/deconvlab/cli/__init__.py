@@ -1,5 +1,5 @@
-"""The ``deconvlab`` command (``python -m deconvlab`` is the same)."""
+"""The ``deconvlab`` command (``python -m deconvlab`` is the same); ``COMMANDS`` lists its subcommands."""
 
-from .main import main
+from .main import COMMANDS, main
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "main"]
