@@ -63,7 +63,7 @@ class TopKIndex:
         self.path, self.manifest, self.net = path, manifest, net
         self._arrays = arrays
         self._split = split
-        self._layers = {d["name"]: d for d in manifest["layers"]}
+        self._layers = {info["name"]: info for info in manifest["layers"]}
         self.cache = ByteLRU(cache_bytes, keep_newest=True)
         self._lock = threading.RLock()
 
@@ -103,7 +103,7 @@ class TopKIndex:
 
     @property
     def layers(self) -> list[str]:
-        return [d["name"] for d in self.manifest["layers"]]
+        return [info["name"] for info in self.manifest["layers"]]
 
     @property
     def split(self) -> str:
@@ -123,10 +123,10 @@ class TopKIndex:
         return self._layers[layer]
 
     def _row(self, layer: str, unit: int) -> int:
-        d = self.layer_info(layer)
-        if not isinstance(unit, (int, np.integer)) or isinstance(unit, bool) or not 0 <= unit < d["units"]:
-            raise ValueError(f"unit: expected an integer in 0..{d['units'] - 1} for layer {layer}, got {unit!r}")
-        return d["offset"] + int(unit)
+        info = self.layer_info(layer)
+        if not isinstance(unit, (int, np.integer)) or isinstance(unit, bool) or not 0 <= unit < info["units"]:
+            raise ValueError(f"unit: expected an integer in 0..{info['units'] - 1} for layer {layer}, got {unit!r}")
+        return info["offset"] + int(unit)
 
     def _check_rank(self, rank: int, n: int) -> None:
         if not isinstance(rank, (int, np.integer)) or not 0 <= rank < n:

@@ -116,15 +116,15 @@ def manifest_path(path: str | Path) -> Path:
 
 def read_manifest(path: str | Path) -> dict:
     """The manifest of the index at ``path``, checked for format and version."""
-    mp = manifest_path(path)
-    if not mp.is_file():
-        raise FileNotFoundError(f"no top-k index at {Path(path)} (expected {mp}); "
+    file = manifest_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"no top-k index at {Path(path)} (expected {file}); "
                                 f"build one with `deconvlab index`")
-    m = json.loads(mp.read_text())
-    if m.get("format") != FORMAT or m.get("version") != VERSION:
-        raise ValueError(f"{mp}: expected a {FORMAT} index of version {VERSION}, "
-                         f"got format {m.get('format')!r} version {m.get('version')!r}")
-    return m
+    manifest = json.loads(file.read_text())
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(f"{file}: expected a {FORMAT} index of version {VERSION}, "
+                         f"got format {manifest.get('format')!r} version {manifest.get('version')!r}")
+    return manifest
 
 
 def staleness(manifest: dict, net=None, split: Split | None = None) -> str | None:
