@@ -245,6 +245,9 @@ def test_export_round_trip_and_resolve(tmp_path):
     prog = load_program(path)
     x = torch.randn(3, 3, 20, 20)
     assert torch.allclose(prog(x), tiny(x), atol=1e-6)
+    tree = load_program(path, unflatten=True)
+    assert {"c1", "c2", "fc"} <= {n for n, _ in tree.named_modules()}
+    assert torch.allclose(tree(x), tiny(x), atol=1e-6)
     module, meta = resolve(str(path))
     assert (meta.arch, meta.input_size, meta.classes, meta.config["batch"]) == ("export", 20, list("01234"),
                                                                                   "dynamic")

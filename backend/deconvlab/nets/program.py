@@ -148,9 +148,12 @@ def audit_pt2(data: bytes) -> list[str]:
     return found
 
 
-def load_program(path: str | Path, trust: bool = False) -> nn.Module:
+def load_program(path: str | Path, trust: bool = False, unflatten: bool = False) -> nn.Module:
     """A ``.pt2`` or TorchScript file -> a callable module (``ExportedProgram.module()`` for ``.pt2``).
 
+    ``.module()`` is one flat ``fx.GraphModule`` of aten ops (``aten.conv2d``, ``aten.relu``), each node's
+    ``meta["nn_module_stack"]`` naming the module it came from; ``unflatten=True`` returns
+    ``torch.export.unflatten``'s tree instead, whose ``named_modules`` paths are the original model's.
     ``trust=True`` skips the audit and lets TorchScript load: only for files you made or vouch for.
     """
     path = Path(path)
@@ -164,7 +167,8 @@ def load_program(path: str | Path, trust: bool = False) -> nn.Module:
             raise ValueError(f"refused {path}: loading this torch.export archive would run more than data ("
                              + "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8
                                                           else "") + "). Pass trust=True only if you made the file.")
-        return torch.export.load(io.BytesIO(data)).module()
+        ep = torch.export.load(io.BytesIO(data))
+        return torch.export.unflatten(ep) if unflatten else ep.module()
     if kind == "torchscript":
         if not trust:
             raise ValueError(
