@@ -67,7 +67,7 @@ class AppState:
         self.settings = settings
         self.runner = Runner(settings.queue_size, settings.retry_after_s, settings.cache_bytes)
         root = settings.state_path()
-        self.store = ImageStore(root / "uploads", settings.max_pixels)
+        self.store = ImageStore(root / "uploads", settings.max_pixels, settings.max_aspect)
         self.occlusions = OcclusionStore(root / "occlusions")
         self.evolutions = EvolutionCache(root / "evolution")
         self.models: dict[str, ModelSlot] = {}
