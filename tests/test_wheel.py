@@ -21,10 +21,15 @@ deps        a ``.pth`` in the new venv's site-packages naming this       reuses 
                                                                          ``backend/``) never reaches the new venv.
                                                                          (``--system-site-packages`` would give the
                                                                          base Python's packages, which lack torch.)
-guard       the same ``.pth`` imports a guard: an audit hook (PEP 578)   "found only through the checkout" becomes a
-            that refuses (``PermissionError``) and logs every open or    failure that names the file; this venv lives
-            listing of a path inside the checkout, but this venv's       inside the checkout, so its site-packages are
-            site-packages                                                allowed
+hide        where mount namespaces are allowed (``unshare -m``, or       the checkout is gone for native code too:
+            ``-Urm`` for a user): the venv's python runs with an empty   safetensors opens checkpoints from Rust, past
+            tmpfs over the checkout and this venv's site-packages        any Python hook (a mutation that shipped an
+            bound back in place                                          absolute path into the checkout passed the
+                                                                         guard alone and fails with this)
+guard       the same ``.pth`` imports a guard: an audit hook (PEP 578)   everywhere, and with a log naming the file
+            that refuses (``PermissionError``) and logs every Python     (Python-level reads); this venv lives inside
+            open or listing of a path inside the checkout, but this      the checkout, so its site-packages are
+            venv's site-packages                                         allowed
 serve       ``python -m deconvlab.cli serve`` (``tests/conftest.py``     any working folder; models from the package
             ``live_server``) in a temp folder, ``HOME`` and              (no user folder, no ``DECONVLAB_MODELS``)
             ``DECONVLAB_CACHE`` temp, no other ``DECONVLAB_*``
@@ -40,6 +45,7 @@ wheel's model served over HTTP, the committed one in-process).
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -95,9 +101,19 @@ print(json.dumps({"package": deconvlab.__file__, "frontend": str(r.frontend_dir(
 
 
 def _copy_checkout(dest: Path) -> None:
-    """The files a checkout holds (tracked and new, not ignored), copied under ``dest``."""
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                         capture_output=True, check=True).stdout
+    """The files a checkout holds (tracked and new, not ignored), copied under ``dest``; without git,
+    the folders the build reads, less caches and egg-info."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "node_modules")
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / rel, dest / rel)
+        for rel in ("backend", "frontend", "models"):
+            shutil.copytree(REPO / rel, dest / rel, ignore=skip)
+        return
     for rel in filter(None, out.decode().split("\0")):
         src = REPO / rel
         if src.is_file():  # a file deleted in the working tree is still listed until committed
@@ -109,7 +125,9 @@ def _copy_checkout(dest: Path) -> None:
 def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     _copy_checkout(tmp / "src")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    # this venv's setuptools builds it, with no network; a venv without setuptools fetches one (isolated build)
+    offline = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
                     "-w", str(tmp / "dist"), str(tmp / "src")], check=True, cwd=tmp)
     (whl,) = (tmp / "dist").glob("deconvlab-*.whl")
     return whl
