@@ -10,7 +10,9 @@ step        what                                                         why
 ==========  ===========================================================  ==============================================
 build       the checkout's files (``git ls-files -co --exclude-          no network (this venv's setuptools); no
             standard``: tracked and new, not ignored) copied to a temp   ``build/`` or egg-info left in the checkout,
-            folder; ``pip wheel --no-deps --no-build-isolation`` there   no stale ``build/lib`` in the wheel
+            folder; there an sdist, and from its tree ``pip wheel        no stale ``build/lib`` in the wheel; the
+            --no-deps --no-build-isolation`` (``python -m build``'s      sdist must carry ``frontend/``, ``models/``
+            route)                                                       and the build module
 venv        ``python -m venv --without-pip``; the wheel installed by     a fresh environment holding one thing: the
             this venv's pip (``pip --python VENV/bin/python install      wheel
             --no-deps --no-index``)
@@ -123,12 +125,21 @@ def _copy_checkout(dest: Path) -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """Built as ``python -m build`` does it (an sdist, then the wheel from the sdist's tree), so the sdist
+    is checked to carry what the wheel ships. This venv's setuptools builds it, with no network; a venv
+    without setuptools builds the checkout's copy in an isolated environment (fetching setuptools)."""
     tmp = tmp_path_factory.mktemp("wheel")
     _copy_checkout(tmp / "src")
-    # this venv's setuptools builds it, with no network; a venv without setuptools fetches one (isolated build)
-    offline = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    tree, offline = tmp / "src", []
+    if importlib.util.find_spec("setuptools"):
+        subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
+                        "b.build_sdist(sys.argv[1])", str(tmp / "sdist")], check=True, cwd=tmp / "src",
+                       capture_output=True)
+        (sdist,) = (tmp / "sdist").glob("deconvlab-*.tar.gz")
+        shutil.unpack_archive(sdist, tmp / "unpacked")
+        (tree,), offline = (tmp / "unpacked").iterdir(), ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
-                    "-w", str(tmp / "dist"), str(tmp / "src")], check=True, cwd=tmp)
+                    "-w", str(tmp / "dist"), str(tree)], check=True, cwd=tmp)
     (whl,) = (tmp / "dist").glob("deconvlab-*.whl")
     return whl
 
