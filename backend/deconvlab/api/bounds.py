@@ -22,6 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .runner import Cancelled
+
 DETAIL_CHARS = 2000  # longest error detail answered
 
 
@@ -75,8 +77,12 @@ class BodyCap:
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
-    """Add ``BodyCap`` and the detail cap to ``app``."""
+    """Add ``BodyCap``, the detail cap, and the (unread) answer to a job whose client left."""
     app.add_middleware(BodyCap, cap=max_body_bytes)
+
+    @app.exception_handler(Cancelled)
+    async def _cancelled(request: Request, exc: Cancelled):  # nobody reads it: the client has gone
+        return JSONResponse({"detail": str(exc)}, status_code=499)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):

@@ -18,6 +18,8 @@ bounds                         ``unit``, ``rank``, ``image_index``, ``y``, ``x``
                                ``k`` >= 1; ``size`` 8..1024; ``n`` 1..200 (samples) or
                                1..``evolution_max_n`` (evolution); occlusion ``size``/``stride``
                                >= 1, ``class_index`` >= 0; ``image_id`` 24 hex digits
+enums                          ``model``: the served models; ``layer``: their layers' names;
+                               ``kind``: the three occlusion maps
 =============================  =================================================================
 
 Upper bounds that depend on the layer or the model (a unit below the
@@ -30,6 +32,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
+from .results import KINDS
 
 ERROR = {"type": "object", "required": ["detail"], "additionalProperties": True,
          "properties": {"detail": {"type": "string", "description": "one sentence: what was expected, what came"},
@@ -56,10 +60,12 @@ def _error(status: str) -> dict:
     return out
 
 
-def _bound(param: dict, op_name: str, max_n: int) -> None:
+def _bound(param: dict, op_name: str, max_n: int, enums: dict) -> None:
     name, schema = param["name"], param.setdefault("schema", {})
-    target = next((s for s in schema.get("anyOf", []) if s.get("type") == "integer"), schema)  # int | None
+    target = next((s for s in schema.get("anyOf", []) if s.get("type") in ("integer", "string")), schema)
     extra = dict(BOUNDS.get(name, {}))
+    if name in enums and enums[name]:
+        extra = {"enum": enums[name]}
     if name == "size" and op_name == "unit_map":
         extra = {"minimum": 8, "maximum": 1024}
     elif name == "n":
@@ -67,11 +73,11 @@ def _bound(param: dict, op_name: str, max_n: int) -> None:
     target.update(extra)
 
 
-def _operation(op: dict, path: str, max_n: int) -> None:
+def _operation(op: dict, path: str, max_n: int, enums: dict) -> None:
     name = op.get("operationId", "").split("_api_")[0]
     params = op.get("parameters", [])
     for p in params:
-        _bound(p, name, max_n)
+        _bound(p, name, max_n, enums)
     statuses = set()
     if params or "requestBody" in op:
         statuses.add("422")
@@ -91,7 +97,18 @@ def _operation(op: dict, path: str, max_n: int) -> None:
         responses[s]["content"] = {"application/json": {"schema": _REF}}
 
 
+def _enums(app: FastAPI) -> dict:
+    """The served models and their layers' names (the values a ``model`` or ``layer`` may take)."""
+    state = getattr(app.state, "deconvlab", None)
+    if state is None:  # the document asked for before start-up
+        return {}
+    slots = [s for s in state.models.values() if s.net is not None]
+    layers = sorted({d["name"] for s in slots for d in s.info})
+    return {"model": sorted(s.name for s in slots), "layer": layers, "kind": list(KINDS)}
+
+
 def honest_openapi(app: FastAPI, max_n: int) -> dict:
+    enums = _enums(app)
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
@@ -104,7 +121,7 @@ def honest_openapi(app: FastAPI, max_n: int) -> dict:
             target.update(bound)
     for path, item in doc["paths"].items():
         for op in item.values():
-            _operation(op, path, max_n)
+            _operation(op, path, max_n, enums)
     return doc
 
 

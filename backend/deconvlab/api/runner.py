@@ -5,9 +5,17 @@ Every call into torch goes through ``Runner.run(fn, *args)``:
 * it runs on ONE worker thread (so the model, resident on its device, is
   never used by two threads at once, and CUDA sees a single stream of work),
   inside ``torch.inference_mode()``;
-* at most ``queue_size`` jobs wait or run at once; one more raises
-  ``QueueFull`` at once (the API answers 429 with ``Retry-After``) instead of
-  piling up work no client will wait for;
+* work is admitted by its estimated cost in forward passes (``cost=``: an
+  occlusion its positions + 1, an evolution batch its images x snapshots,
+  anything else 1): while ``max_passes`` passes, or ``queue_size`` jobs,
+  wait or run, one more raises ``QueueFull`` at once (the API answers 429
+  with ``Retry-After``: the passes ahead times the measured seconds per
+  pass) instead of piling up work no client will wait for; a job is never
+  refused when nothing is pending, whatever it costs;
+* a job whose client has gone stops (``run(..., request=)`` watches the
+  connection): one still waiting never starts, one running raises
+  ``Cancelled`` at its next ``check_cancelled()`` (the occlusion calls it
+  after each batch, the evolution scan between batches);
 * ``RecordCache`` keeps forward records (activations, switches, logits) per
   (model, image) in LRU order, bounded by the bytes of the tensors they hold.
   It is touched only from the worker thread.
@@ -16,7 +24,9 @@ Every call into torch goes through ``Runner.run(fn, *args)``:
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -26,12 +36,30 @@ from .._util import ByteLRU
 
 
 class QueueFull(Exception):
-    """The inference queue holds ``queue_size`` jobs already."""
+    """The inference queue holds ``queue_size`` jobs, or ``max_passes`` estimated passes, already."""
 
-    def __init__(self, queue_size: int, retry_after: int):
-        super().__init__(f"inference queue full ({queue_size} jobs waiting or running); retry later")
+    def __init__(self, queue_size: int, retry_after: int, passes: int | None = None, budget: int | None = None):
+        if passes is None:
+            super().__init__(f"inference queue full ({queue_size} jobs waiting or running); retry later")
+        else:
+            super().__init__(f"inference queue full: {passes} forward passes waiting or running, the budget is "
+                             f"{budget}; retry after {retry_after} s")
         self.queue_size = queue_size
         self.retry_after = retry_after
+
+
+class Cancelled(Exception):
+    """The job's client went away; raised by ``check_cancelled`` on the worker thread."""
+
+
+_current = threading.local()  # the running job's cancel event (worker thread only)
+
+
+def check_cancelled() -> None:
+    """Inside a job: raise ``Cancelled`` when its client has gone (a no-op outside a job)."""
+    event = getattr(_current, "cancel", None)
+    if event is not None and event.is_set():
+        raise Cancelled("the client went away; the job stopped")
 
 
 def nbytes(obj: Any, _seen: set | None = None) -> int:
@@ -88,48 +116,85 @@ class RecordCache(ByteLRU):
 
 
 class Runner:
-    """One worker thread with a bounded queue (see the module doc)."""
+    """One worker thread, admission by estimated cost, cancellation (see the module doc)."""
 
-    def __init__(self, queue_size: int = 32, retry_after: int = 1, cache_bytes: int = 512 << 20):
+    def __init__(self, queue_size: int = 32, retry_after: int = 1, cache_bytes: int = 512 << 20,
+                 max_passes: int = 8192):
         self.queue_size = queue_size
         self.retry_after = retry_after
+        self.max_passes = max_passes
         self.cache = RecordCache(cache_bytes)
-        self._slots = threading.BoundedSemaphore(queue_size)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deconvlab-inference")
         self._count_lock = threading.Lock()
         self.pending = 0  # jobs waiting or running
+        self.pending_passes = 0  # their estimated forward passes
+        self.seconds_per_pass = 0.0  # measured (moving average over finished jobs)
         self.rejected = 0  # QueueFull answers so far
         self.done = 0  # jobs finished so far
+        self.cancelled = 0  # jobs stopped (or never started) because their client went away
 
-    def _job(self, fn, args, kwargs):
+    def _job(self, fn, args, kwargs, cost: int, cancel: threading.Event | None):
+        start = time.perf_counter()
         try:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("the client went away before the job started")
+            _current.cancel = cancel
             with torch.inference_mode():
                 return fn(*args, **kwargs)
+        except Cancelled:
+            with self._count_lock:
+                self.cancelled += 1
+            raise
         finally:
+            _current.cancel = None
+            per_pass = (time.perf_counter() - start) / cost
             with self._count_lock:
                 self.pending -= 1
+                self.pending_passes -= cost
                 self.done += 1
-            self._slots.release()
+                self.seconds_per_pass = per_pass if not self.seconds_per_pass else (
+                    0.8 * self.seconds_per_pass + 0.2 * per_pass)
 
-    def submit(self, fn: Callable, *args, **kwargs):
-        """A concurrent future for ``fn(*args, **kwargs)`` on the worker; QueueFull if the queue is full."""
-        if not self._slots.acquire(blocking=False):
-            with self._count_lock:
-                self.rejected += 1
+    def _admit(self, cost: int) -> None:
+        """Count a job of ``cost`` passes in, or raise ``QueueFull`` (under the count lock)."""
+        busy = self.pending > 0
+        if self.pending >= self.queue_size:
+            self.rejected += 1
             raise QueueFull(self.queue_size, self.retry_after)
+        if busy and self.pending_passes + cost > self.max_passes:
+            self.rejected += 1
+            wait = max(self.retry_after, math.ceil(self.pending_passes * self.seconds_per_pass))
+            raise QueueFull(self.queue_size, wait, self.pending_passes, self.max_passes)
+        self.pending += 1
+        self.pending_passes += cost
+
+    def submit(self, fn: Callable, *args, cost: int = 1, cancel: threading.Event | None = None, **kwargs):
+        """A concurrent future for ``fn(*args, **kwargs)`` on the worker; QueueFull if the budget is spent."""
+        cost = max(1, int(cost))
         with self._count_lock:
-            self.pending += 1
+            self._admit(cost)
         try:
-            return self._pool.submit(self._job, fn, args, kwargs)
+            return self._pool.submit(self._job, fn, args, kwargs, cost, cancel)
         except BaseException:
             with self._count_lock:
                 self.pending -= 1
-            self._slots.release()
+                self.pending_passes -= cost
             raise
 
-    async def run(self, fn: Callable, *args, **kwargs):
-        """Await ``fn(*args, **kwargs)`` run on the worker (raises its exception, or QueueFull)."""
-        return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+    async def run(self, fn: Callable, *args, cost: int = 1, request=None, **kwargs):
+        """Await ``fn(*args, **kwargs)`` run on the worker (raises its exception, QueueFull or Cancelled).
+
+        ``request``: a Starlette request whose connection is watched while the job waits or runs;
+        when the client goes, the job is cancelled (see the module doc)."""
+        cancel = threading.Event() if request is not None else None
+        future = asyncio.wrap_future(self.submit(fn, *args, cost=cost, cancel=cancel, **kwargs))
+        if request is None:
+            return await future
+        watcher = asyncio.ensure_future(_watch(request, cancel))
+        try:
+            return await future
+        finally:
+            watcher.cancel()
 
     def call(self, fn: Callable, *args, **kwargs):
         """The same, blocking (for start-up and scripts)."""
@@ -137,3 +202,12 @@ class Runner:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def _watch(request, cancel: threading.Event, every: float = 0.2) -> None:
+    """Set ``cancel`` once the client behind ``request`` has disconnected."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(every)

@@ -65,9 +65,9 @@ class ModelSlot:
 class AppState:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.runner = Runner(settings.queue_size, settings.retry_after_s, settings.cache_bytes)
+        self.runner = Runner(settings.queue_size, settings.retry_after_s, settings.cache_bytes, settings.queue_passes)
         root = settings.state_path()
-        self.store = ImageStore(root / "uploads", settings.max_pixels, settings.max_aspect)
+        self.store = ImageStore(root / "uploads", settings.max_pixels)
         self.occlusions = OcclusionStore(root / "occlusions")
         self.evolutions = EvolutionCache(root / "evolution")
         self.models: dict[str, ModelSlot] = {}

@@ -10,20 +10,21 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from ..deps import Image, Model, State
 from ..errors import NotFound, Unprocessable, echo, library_errors
 from ..png import PNG_HEADERS, class_map_png, heat_map_png
 from ..records import forward_record
 from ..results import KINDS
+from ..runner import check_cancelled
 from ..schemas import OcclusionRequest, OcclusionResponse
 
 router = APIRouter(tags=["occlusion"])
 
 
-def _check(slot, req: OcclusionRequest, budget: int) -> None:
-    """422 for a body the model cannot run: a layer, size, stride or class out of range, or over the budget."""
+def _check(slot, req: OcclusionRequest, budget: int) -> int:
+    """The run's forward passes; 422 for a layer, size, stride or class out of range, or over the budget."""
     from ...analyses.occlusion import occlusion_passes
 
     slot.layer(req.layer)
@@ -36,6 +37,7 @@ def _check(slot, req: OcclusionRequest, budget: int) -> None:
     n = slot.info[-1]["channels"]
     if req.class_index is not None and not 0 <= req.class_index < n:
         raise Unprocessable(f"class_index: expected 0..{n - 1}, got {echo(req.class_index)}")
+    return passes
 
 
 def _response(oid: str, meta: dict, arrays: dict) -> OcclusionResponse:
@@ -48,9 +50,10 @@ def _compute(state, slot, img, req: OcclusionRequest) -> tuple[dict, dict]:
     from ...analyses.occlusion import occlusion
 
     rec = forward_record(state, slot, img)
-    with library_errors():
+    with library_errors():  # after each batch: stop if the client has gone (runner.Cancelled)
         r = occlusion(slot.net, rec.input[:1], req.size, req.stride, req.layer, class_index=req.class_index,
-                      batch_size=state.settings.occlusion_batch, max_passes=state.settings.occlusion_max_passes)
+                      batch_size=state.settings.occlusion_batch, max_passes=state.settings.occlusion_max_passes,
+                      progress=lambda done, total: check_cancelled())
     meta = {"image_id": img.image_id, "model": slot.name, "size": r.size, "stride": r.stride,
             "grid": list(r.grid), "layer": r.layer, "feature_map": r.feature_map, "class_index": r.class_index,
             "class_label": slot.label(r.class_index),
@@ -59,14 +62,15 @@ def _compute(state, slot, img, req: OcclusionRequest) -> tuple[dict, dict]:
 
 
 @router.post("/images/{image_id}/occlusion", response_model=OcclusionResponse)
-async def run_occlusion(state: State, slot: Model, img: Image, req: OcclusionRequest) -> OcclusionResponse:
+async def run_occlusion(request: Request, state: State, slot: Model, img: Image,
+                        req: OcclusionRequest) -> OcclusionResponse:
     """Slide a grey square over the image; per position the layer's strongest map's total
     activation, the class's probability and the most probable class."""
-    _check(slot, req, state.settings.occlusion_max_passes)
+    passes = _check(slot, req, state.settings.occlusion_max_passes)
     oid = state.occlusions.key(slot.name, img.image_id, req.size, req.stride, req.layer, req.class_index)
     found = state.occlusions.get(oid)
     if found is None:
-        found = await state.runner.run(_compute, state, slot, img, req)
+        found = await state.runner.run(_compute, state, slot, img, req, cost=passes, request=request)
         state.occlusions.put(oid, *found)
     return _response(oid, *found)
 
