@@ -6,7 +6,7 @@ name       what a route receives                                    answers
 ``State``  the app's ``state.AppState``
 ``Model``  the ``state.ModelSlot`` of ``?model=`` (default model)   404 unknown, 503 not loaded
 ``Image``  the ``storage.StoredImage`` of path ``{image_id}``        404 unknown or malformed id
-``Index``  the model's top-k index (``index.top_k.TopKIndex``)      503 missing, stale, building
+``Index``  the model's top-k index (``index.TopKIndex``)            503 missing, stale, building
 ``Split``  the server's data set (``data.Split``)                   503 none configured
 =========  =======================================================  ==========================
 """

@@ -39,7 +39,7 @@ class ModelSlot:
     name: str
     net: Any = None  # deconvlab.net.Net once loaded
     error: str = ""  # why it failed to load
-    index: Any = None  # top_k.TopKIndex when ready
+    index: Any = None  # index.TopKIndex when ready
     index_status: str = "no data set"  # "ready" | "missing" | "stale: <why>" | "building" | "no data set"
     info: list[dict] = field(default_factory=list)  # net.layer_info()
 
