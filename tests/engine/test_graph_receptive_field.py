@@ -59,25 +59,25 @@ def flat_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     return flat
 
 
-def support_box(flat: nn.Module, node: str, hw, positions):
-    """Bounding box (top, left, bottom, right) of the input gradient's support of each position
-    (y, x) of ``node`` (summed over channels; ``(None, None)``: the whole output), and whether
-    the support fills it. One batch item per position, one backward pass."""
-    fe = create_feature_extractor(flat, return_nodes={node: "out"})
-    x = torch.ones(len(positions), flat_in_channels(flat), *hw, dtype=torch.float32, requires_grad=True)
-    out = fe(x)["out"]
-    units = [out[k].sum() if y is None else out[k, :, y, xx].sum() for k, (y, xx) in enumerate(positions)]
+def support_boxes(flat: nn.Module, seeds: list[tuple[str, int | None, int | None]], hw, channels=None):
+    """Bounding box (top, left, bottom, right) of the input gradient's support of each seed
+    (node, y, x) (summed over channels; y = x = None: the whole output), and whether the
+    support fills it. One batch item per seed, one forward and one backward pass."""
+    fe = create_feature_extractor(flat, return_nodes=sorted({n for n, _, _ in seeds}))
+    channels = channels or next(c for c in flat.modules() if isinstance(c, nn.Conv2d)).in_channels
+    x = torch.ones(len(seeds), channels, *hw, requires_grad=True)
+    out = fe(x)
+    units = [out[n][k].sum() if y is None else out[n][k, :, y, xx].sum() for k, (n, y, xx) in enumerate(seeds)]
     (g,) = torch.autograd.grad(torch.stack(units).sum(), x)
     boxes = []
     for s in g.abs().sum(1) > 0:
+        if not s.any():
+            boxes.append(((0, 0, 0, 0), True))
+            continue
         rows, cols = s.any(1).nonzero()[:, 0], s.any(0).nonzero()[:, 0]
         t, l, b, r = int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
         boxes.append(((t, l, b, r), bool(s[t:b, l:r].all())))
-    return boxes, tuple(out.shape[2:]) if out.dim() == 4 else None
-
-
-def flat_in_channels(m: nn.Module) -> int:
-    return next(c for c in m.modules() if isinstance(c, nn.Conv2d)).in_channels
+    return boxes, {n: (tuple(v.shape[2:]) if v.dim() == 4 else None) for n, v in out.items()}
 
 
 def corners_and_middle(h, w):
@@ -85,23 +85,22 @@ def corners_and_middle(h, w):
     return sorted((y, x) for y, x in pos if x < w)
 
 
-def check(model: nn.Module, nodes: list[str], hw, whole: set[str] = frozenset()):
-    gm = trace(model)
-    geo = GraphGeometry(gm, hw)
-    flat = flat_copy(model)
-    checked = 0
+def check(model: nn.Module, nodes: list[str], hw, whole: set[str] = frozenset()) -> int:
+    """Every node's box at corners, edges and the middle equals the flat copy's support."""
+    geo = GraphGeometry(trace(model), hw)
+    seeds = []
     for node in nodes:
         size = geo.out_hw(node)
-        positions = corners_and_middle(*size) if size else [(None, None)]
-        want, fe_size = support_box(flat, node, hw, positions)
-        assert fe_size == size, (node, fe_size, size)
-        for (y, x), (box, _) in zip(positions, want):
-            got = geo.box(node, y, x)
-            assert got == box, f"{node} at ({y}, {x}): got {got}, the gradient's support is {box}"
-            if node in whole:
-                assert box == (0, 0) + tuple(hw), f"{node} was expected to see the whole image"
-            checked += 1
-    return checked
+        seeds += [(node, y, x) for y, x in (corners_and_middle(*size) if size else [(None, None)])]
+    want, sizes = support_boxes(flat_copy(model), seeds, hw)
+    for node in nodes:
+        assert sizes[node] == geo.out_hw(node), (node, sizes[node], geo.out_hw(node))
+    for (node, y, x), (box, _) in zip(seeds, want):
+        got = geo.box(node, y, x)
+        assert got == box, f"{node} at ({y}, {x}): got {got}, the gradient's support is {box}"
+        if node in whole:
+            assert box == (0, 0) + tuple(hw), f"{node} was expected to see the whole image"
+    return len(seeds)
 
 
 def built(builder, **kw) -> nn.Module:
@@ -129,8 +128,8 @@ def test_resnet18_boxes_equal_the_gradient_support():
 
 def test_vgg16_bn_boxes_equal_the_gradient_support():
     m = built(torchvision.models.vgg16_bn)
-    m.classifier = nn.Linear(512 * 7 * 7, 10)  # 120M fc weights in float64 would dominate; same geometry
-    check(m, ["features.2", "features.6", "features.13", "features.23", "features.33", "avgpool"], (48, 48))
+    m.classifier = nn.Linear(512 * 7 * 7, 10)  # its 120M fc weights would dominate; same geometry
+    check(m, ["features.2", "features.6", "features.13", "features.23", "features.33", "avgpool"], (40, 40))
 
 
 def test_mobilenet_v2_boxes_equal_the_gradient_support():
@@ -198,10 +197,10 @@ def test_hand_made_graph_against_the_gradient_support():
     gm = trace(m)
     g = GraphGeometry(gm, (16, 16))
     flat = flat_copy(m)
-    for node in ("add", "cat", "cat_1"):
-        positions = [(y, x) for y in range(g.out_hw(node)[0]) for x in range(g.out_hw(node)[1])]
-        want, _ = support_box(flat, node, (16, 16), positions)
-        assert [g.box(node, y, x) for y, x in positions] == [b for b, _ in want]
+    seeds = [(node, y, x) for node in ("add", "cat", "cat_1")
+             for y in range(g.out_hw(node)[0]) for x in range(g.out_hw(node)[1])]
+    want, _ = support_boxes(flat, seeds, (16, 16))
+    assert [g.box(*s) for s in seeds] == [b for b, _ in want]
 
 
 class Pools(nn.Module):
@@ -225,11 +224,10 @@ def test_ceil_mode_and_adaptive_pools_against_the_gradient_support(hw):
     g = GraphGeometry(gm, hw)
     assert g.out_hw("pool")[0] == -(-(hw[0] - 2 - 3) // 2) + 1  # ceil mode kept its extra window
     flat = flat_copy(m)
-    for node in ("pool", "pool2", "avg", "adapt"):
-        size = g.out_hw(node)
-        positions = [(y, x) for y in range(size[0]) for x in range(size[1])]
-        want, _ = support_box(flat, node, hw, positions)
-        assert [g.box(node, y, x) for y, x in positions] == [b for b, _ in want], node
+    seeds = [(node, y, x) for node in ("pool", "pool2", "avg", "adapt")
+             for y in range(g.out_hw(node)[0]) for x in range(g.out_hw(node)[1])]
+    want, _ = support_boxes(flat, seeds, hw)
+    assert [g.box(*s) for s in seeds] == [b for b, _ in want]
     # the adaptive max pool's mean is added everywhere: every output sees the whole image
     assert g.box("add", 0, 0) == (0, 0) + hw
 
@@ -307,3 +305,61 @@ def test_nhwc_layout_through_permute_linear_and_layer_norm():
     g = GraphGeometry(trace(m), (40, 36))
     assert g.graph.axes[g.node("1.block.3")] == (1, 2)  # NHWC there
     assert g.box("1.block.3", 4, 7) == g.box("1.block.0", 4, 7)
+
+
+class Functional(nn.Module):
+    """Functional convs and pools, "same" padding with an even dilated kernel, reflect and
+    circular padding, F.pad, a mean-gate, a view and a flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4, 2, 3, 3))
+        self.same = nn.Conv2d(4, 4, 4, padding="same", dilation=2)
+        self.reflect = nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect")
+        self.circular = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
+        self.fc = nn.Linear(2 * 3 * 3, 5)
+
+    def forward(self, x):
+        a = F.conv2d(x, self.w, None, 2, 1)
+        b = self.same(F.avg_pool2d(a, 3, 1, 1, True))
+        d = self.circular(b)  # at a border, a window wraps round to the other side
+        c = self.reflect(F.pad(d, (2, 0, 1, 3)))
+        # (a product's gradient is zero where the other factor is: the slice avoids the rows
+        # and columns of c that see only F.pad's zeros, where the flat copy, having no biases,
+        # would say the gate does not matter)
+        e = c[:, :, 2:13, 1:] * c.mean((2, 3), keepdim=True)
+        f = F.adaptive_avg_pool2d(c.view(c.shape[0], 2, 2, c.shape[2], c.shape[3]).sum(1), 3)
+        return self.fc(torch.flatten(f, 1)), e
+
+
+def test_functional_ops_and_padding_modes_against_the_gradient_support():
+    m = Functional()
+    gm = trace(m)
+    g = GraphGeometry(gm, (21, 18))
+    nodes = ["conv2d", "avg_pool2d", "same", "circular", "pad", "reflect", "getitem", "mul", "sum",
+             "adaptive_avg_pool2d"]
+    seeds = [(node, y, x) for node in nodes for y in range(g.out_hw(node)[0]) for x in range(g.out_hw(node)[1])]
+    # the flat copy keeps the functional ops; positive weights make them positive and linear
+    want, _ = support_boxes(flat_copy(m), seeds, (21, 18), channels=2)
+    for s, (box, _) in zip(seeds, want):
+        assert g.box(*s) == box, s
+    assert g.box("mul", 0, 0) == (0, 0, 21, 18)  # the gate
+    assert g.box("fc", None, None) == (0, 0, 21, 18)
+    # "same" padding, kernel 4, dilation 2: 3 pixels on each side, box of 7 rows of avg_pool2d
+    assert box_size(gm, "same", (21, 18))[0] == box_size(gm, "avg_pool2d", (21, 18))[0] + 2 * 6
+
+
+def test_graphs_of_torchvisions_tracer_with_a_name_table():
+    # the graph engine traces with torchvision's NodePathTracer (no nn_module_stack on its
+    # nodes) and hands its fx-name -> layer-name table over
+    from torchvision.models.feature_extraction import NodePathTracer
+
+    m = built(torchvision.models.resnet18)
+    tracer = NodePathTracer(leaf_modules=[])
+    gm = fx.GraphModule(m, tracer.trace(m))
+    table = {n.name: q for n, q in tracer.node_to_qualname.items()}
+    g, ref = GraphGeometry(gm, (64, 64), qualnames=table), GraphGeometry(trace(m), (64, 64))
+    for node in ("layer1.0.add", "layer2.1.relu_1", "layer3", "maxpool"):
+        assert g.box(node, 1, 3) == ref.box(node, 1, 3)
+    with pytest.raises(ValueError, match="expected one of"):
+        GraphGeometry(gm, (64, 64)).node("layer2.1.relu_1")  # without the table: fx names only

@@ -72,7 +72,6 @@ import torch
 import torchvision
 from torch import fx, nn
 from torch.nn import functional as F
-from torchvision.models.feature_extraction import NodePathTracer
 
 Box = tuple[int, int, int, int]  # internal: (top, bottom, left, right) on one node's map
 ALL = None  # "every position of the node"
@@ -160,11 +159,12 @@ class _Shapes(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
         self.shapes: dict[fx.Node, object] = {}
+        self.like: dict[fx.Node, dict] = {}  # dtype and device, to make zeros like a value
 
     def run_node(self, n: fx.Node):
         v = super().run_node(n)
         if isinstance(v, torch.Tensor):
-            self.shapes[n] = v.shape
+            self.shapes[n], self.like[n] = v.shape, dict(dtype=v.dtype, device=v.device)
         elif isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v):
             self.shapes[n] = tuple(t.shape for t in v)
         else:
@@ -172,7 +172,7 @@ class _Shapes(fx.Interpreter):
         return v
 
 
-def record_shapes(gm: fx.GraphModule, *inputs) -> dict[fx.Node, object]:
+def record_shapes(gm: fx.GraphModule, *inputs) -> _Shapes:
     """Every node's output shape on ``inputs``, in eval mode; the modules' flags are restored."""
     flags = [(m, m.training) for m in gm.modules()]
     try:
@@ -183,7 +183,7 @@ def record_shapes(gm: fx.GraphModule, *inputs) -> dict[fx.Node, object]:
     finally:
         for m, t in flags:
             m.training = t
-    return rec.shapes
+    return rec
 
 
 def _module_window(m: nn.Module):
@@ -262,7 +262,8 @@ class _Graph:
         self.gm, self.strict, self.spatial_cat = gm, strict, False
         self.nodes = list(gm.graph.nodes)
         self.placeholders = [n for n in self.nodes if n.op == "placeholder"]
-        self.shapes = record_shapes(gm, *inputs)
+        rec = record_shapes(gm, *inputs)
+        self.shapes, self.like = rec.shapes, rec.like
         self.dep: dict[fx.Node, bool] = {}
         self.axes: dict[fx.Node, tuple[int, int] | None] = {}
         self.rules: dict[fx.Node, tuple[str, object]] = {}
@@ -308,7 +309,7 @@ class _Graph:
         table = [(_ELEMENTWISE, "elementwise"), (_FIRST_ARG, "first"), (_RESHAPE, "reshape"),
                  (_PERMUTE, "permute"), (_CAT, "cat"), (_SPLIT, "split"), (_REDUCE, "reduce"),
                  (_SOFTMAX, "softmax"), (_ADAPTIVE, "adaptive"), (_CONV | _MAXPOOL | _AVGPOOL, "window"),
-                 ({operator.getitem}, "getitem"), (_fns("layer_norm group_norm instance_norm normalize "
+                 ({operator.getitem}, "getitem"), ({F.pad}, "pad"), (_fns("layer_norm group_norm instance_norm normalize "
                                                         "local_response_norm", torch, F), "norm")]
         for fns, kind in table:
             if t in fns:
@@ -339,6 +340,9 @@ class _Graph:
             return (set(range(first, r)) if first else {1}), set()
         if kind == "permute":
             return self._perm(n, r)
+        if kind == "pad":
+            mode = _arg(n, 2, "mode", "constant")
+            return tuple(_arg(n, 1, "pad")) if mode == "constant" else mode
         if kind in ("cat", "split"):
             return int(_arg(n, 1 if kind == "cat" else 2, "dim", 0))
         return None
@@ -375,6 +379,8 @@ class _Graph:
             return "mix", ({1}, set())
         if torch_nn and isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)):
             return "mix", (_dims(r - 3 if isinstance(m, nn.Softmax2d) else m.dim, r), set())
+        if torch_nn and isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)):
+            return "pad", tuple(m.padding)
         if isinstance(m, torchvision.ops.Permute):
             return "permute", [int(d) % r for d in m.dims]
         if torch_nn and not isinstance(m, _CONTAINERS):
@@ -392,7 +398,7 @@ class _Graph:
                 if not isinstance(self.shapes.get(a), torch.Size):
                     raise UnsupportedOpError(f"receptive field: module {n.target!r} takes a non-tensor value "
                                              f"computed in the graph ({a.name!r}); expected tensors or constants")
-                values.append(torch.zeros(self.shapes[a]))
+                values.append(torch.zeros(self.shapes[a], **self.like[a]))
                 axes.append(self.axes.get(a) if self.dep.get(a) else False)
             else:
                 values.append(a)
@@ -439,6 +445,11 @@ class _Graph:
             return None if ax is None or not isinstance(s_out, torch.Size) else _reshape_axes(ax, s_in, s_out)
         if kind == "getitem":
             return self._getitem_axes(n, x, ax)
+        if kind == "pad":
+            if isinstance(info, str):  # reflect, replicate, circular: copies from elsewhere
+                self.rules[n] = ("unknown", f"F.pad(mode={info!r})")
+                return None
+            return ax  # same dims, shifted by the padding before them (negative: a crop)
         if kind == "module":
             out = next(o for o in info.nodes if o.op == "output").args[0]
             return info.axes.get(out) if isinstance(out, fx.Node) else None
@@ -498,6 +509,10 @@ class _Graph:
             t, b, l, r = s0 + t * st0, s0 + (b - 1) * st0 + 1, s1 + l * st1, s1 + (r - 1) * st1 + 1
         elif kind == "module":
             return self._module_back(n, info, box, clip)
+        elif kind == "pad":  # (left, right, top, bottom, ...) from the last dim on
+            r_ = len(self.shapes[x])
+            first = [info[2 * (r_ - 1 - d)] if 2 * (r_ - 1 - d) < len(info) else 0 for d in self.axes[x]]
+            t, b, l, r = t - first[0], b - first[0], l - first[1], r - first[1]
         return ([(x, (t, b, l, r))] if x is not None else []) + rest
 
     @staticmethod
@@ -579,20 +594,21 @@ class _Graph:
 
 # -- names -------------------------------------------------------------------------------------
 def trace(module: nn.Module) -> fx.GraphModule:
-    """``module`` as a GraphModule, traced in eval mode (its flags restored) by torchvision's
-    ``NodePathTracer`` with only ``torch.nn`` modules as leaves; each node's
-    ``meta["qualname"]`` is its ``get_graph_node_names`` name (``layer1.0.add``)."""
+    """``module`` as a GraphModule, traced in eval mode (its flags restored) by ``torch.fx``
+    with ``torch.nn`` modules as leaves and ``math`` and ``torchvision.ops`` functions kept
+    whole, as torchvision's feature extraction does; each node's ``meta["qualname"]`` is its
+    ``get_graph_node_names`` name (``layer1.0.add``, ``layer1.0.relu_1``; see ``node_names``)."""
     flags = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
-        tracer = NodePathTracer(autowrap_modules=(math, torchvision.ops), leaf_modules=[])
-        graph = tracer.trace(module)
+        graph = fx.Tracer(autowrap_modules=(math, torchvision.ops)).trace(module)
     finally:
         for m, t in flags:
             m.training = t
-    for n in graph.nodes:
-        n.meta["qualname"] = tracer.node_to_qualname.get(n, n.name)
-    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+    gm = fx.GraphModule(module, graph, type(module).__name__)
+    for q, n in node_names(gm).items():
+        n.meta["qualname"] = q
+    return gm
 
 
 def node_names(gm: fx.GraphModule, qualnames: Mapping[str, str] | None = None) -> dict[str, fx.Node]:
@@ -623,10 +639,15 @@ def node_names(gm: fx.GraphModule, qualnames: Mapping[str, str] | None = None) -
 
 
 def _first_channels(gm: fx.GraphModule) -> int:
-    for m in gm.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    return 3
+    """The input channels of the first conv in forward order (a ``Conv2d`` or ``F.conv2d`` of a
+    parameter), else of the first ``Conv2d`` module, else 3."""
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Conv2d):
+            return gm.get_submodule(n.target).in_channels
+        w = _arg(n, 1, "weight") if n.op == "call_function" and n.target in _CONV else None
+        if isinstance(w, fx.Node) and w.op == "get_attr":
+            return int(getattr(gm, w.target).shape[1]) * int(_arg(n, 6, "groups", 1))
+    return next((m.in_channels for m in gm.modules() if isinstance(m, nn.Conv2d)), 3)
 
 
 class GraphGeometry:
@@ -677,7 +698,9 @@ class GraphGeometry:
     def box(self, node: str | fx.Node, y: int | None, x: int | None, clip: bool = True) -> tuple[int, int, int, int]:
         """(top, left, bottom, right), bottom/right exclusive: the input pixels that position
         (y, x) of the node's output can see. For y or x None, or a node without spatial axes (an
-        fc layer), what the whole output sees: the whole image in a CNN."""
+        fc layer), what the whole output sees: the whole image in a CNN. A position that sees no
+        pixel (in the zeros of an ``F.pad``, or a node that does not depend on the image) gets
+        the empty box (0, 0, 0, 0)."""
         n = self.node(node)
         hw = self.graph.hw(n)
         h, w = self.input_hw
@@ -686,8 +709,8 @@ class GraphGeometry:
             raise ValueError(f"position: expected (y, x) with y in 0..{hw[0] - 1} and x in 0..{hw[1] - 1} "
                              f"(node {n.name!r} is {hw[0]}x{hw[1]}), got ({y}, {x})")
         got = self.graph.propagate({n: seed}, clip).get(self.image, False)
-        if got is False:
-            raise ValueError(f"node {n.name!r} does not depend on the input image")
+        if got is False:  # no pixel reaches it: zero padding (F.pad), or a constant
+            return 0, 0, 0, 0
         t, b, l, r = (0, h, 0, w) if got is ALL else got
         return t, l, b, r
 
