@@ -18,10 +18,12 @@ class Ready(BaseModel):
 
 
 class LayerInfo(BaseModel):
-    name: str
-    kind: Literal["conv", "fc"]
+    name: str  # paper name (conv5), module path (layer3.1) or torch.fx op name (layer1.0.add)
+    kind: Literal["conv", "fc", "op"]  # op: a functional op's (C, H, W) output (an add, a cat, F.relu)
+    type: str | None = None  # the module's class (Conv2d, BasicBlock) or the op's name (add)
     channels: int
     shape: list[int]  # [C, H, W] or [C]
+    parent: str | None = None  # module path of the enclosing block (layer3.1 for layer3.1.conv1); None at the top
 
 
 class ModelInfo(BaseModel):
@@ -66,7 +68,7 @@ class LayerSummary(BaseModel):
     image_id: str
     model: str
     layer: str
-    kind: Literal["conv", "fc"]
+    kind: Literal["conv", "fc", "op"]
     shape: list[int]
     units: list[UnitSummary]
 
