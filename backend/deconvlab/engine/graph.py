@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .graph_rules import Ctx, UnsupportedOp, rule_for  # noqa: F401 (UnsupportedOp: re-exported)
+from .graph_rules import Ctx, UnsupportedOp, fold_pairs, rule_for  # noqa: F401 (UnsupportedOp: re-exported)
 from .graph_trace import first_tensor, trace_model
 
 METHODS = ("deconv", "guided", "backprop")
@@ -124,6 +124,8 @@ class GraphEngine:
             self._out = next(n for n in self._order if n.op == "output")
             self._dep = self._depends_on_input()
             self._rules = {n.name: rule_for(n, t.root) for n in self._order if n.op.startswith("call_")}
+            self._modules = {n.target: t.root.get_submodule(n.target) for n in self._order if n.op == "call_module"}
+            self._folded = fold_pairs(self._order, t.root, self._rules)
         else:
             from .graph_hooks import HookRoute
 
@@ -262,6 +264,7 @@ class GraphEngine:
     def _walk(self, rec: GraphRecord, start: str, g: torch.Tensor, n: torch.Tensor, method: str) -> torch.Tensor:
         """The reverse walk: ``g`` at node ``start`` down to the input, (K, C, H, W)."""
         ctx = Ctx(self.root, rec.values, rec.cache, n, method, self._dep, self._t.qualname)
+        ctx.modules, ctx.folded, ctx.start = self._modules, self._folded, start
         sig: dict[str, object] = {start: g}
         result = None
         with torch.no_grad():

@@ -92,7 +92,9 @@ class Ctx:
         self.root, self.values, self.cache, self.n, self.method = root, values, cache, n, method
         self.dep, self.qualname = dep, qualname
         self.K = int(n.shape[0])
-        self.N = None
+        self.modules: dict[str, nn.Module] = {}
+        self.folded: dict[str, nn.Module] = {}
+        self.start: str | None = None  # the seeded node (a folded conv seeded itself has no batch norm above)
 
     def val(self, a):
         return self.values[a.name] if isinstance(a, fx.Node) else a
@@ -130,8 +132,10 @@ def bind(fn, node: fx.Node, names: list[str], defaults: dict) -> dict:
 
 
 def module(node: fx.Node, ctx_or_root) -> nn.Module:
-    root = ctx_or_root.root if isinstance(ctx_or_root, Ctx) else ctx_or_root
-    return root.get_submodule(node.target)
+    if isinstance(ctx_or_root, Ctx):
+        m = ctx_or_root.modules.get(node.target)
+        return m if m is not None else ctx_or_root.root.get_submodule(node.target)
+    return ctx_or_root.get_submodule(node.target)
 
 
 def _op_label(node: fx.Node, root: nn.Module) -> str:
@@ -192,11 +196,11 @@ def _pairs(out, g):
 # ------------------------------------------------------------------ rectifiers
 
 def _rectify(g: torch.Tensor, x: torch.Tensor, method: str, upper: float | None) -> torch.Tensor:
+    if method == "deconv":
+        return g.clamp_min(0)
     on = x > 0 if upper is None else (x > 0) & (x < upper)
-    if method == "backprop":
-        return g * on
-    g = g.clamp_min(0)
-    return g * on if method == "guided" else g
+    out = g * on  # a fresh tensor (g itself may be shared with another branch): safe to clamp in place
+    return out if method == "backprop" else out.clamp_min_(0)
 
 
 def relu_rule(upper: float | None = None, smooth: bool = False):
@@ -231,14 +235,75 @@ def conv_rule(node, g, ctx):
         return []
     if mode != "zeros" or isinstance(p["padding"], str) or w.dim() != 4:
         return vjp(node, g, ctx)
+    bn = ctx.folded.get(node.name) if node.name != ctx.start else None
+    if bn is not None:  # the batch norm after it passed g on unscaled: its scale is in the filters
+        key = ("folded", node.name)
+        if key not in ctx.cache:
+            ctx.cache[key] = w * bn_scale(bn.running_var, bn.weight, bn.eps).view(-1, 1, 1, 1)
+        w = ctx.cache[key]
     st, pd, dl = (_pair(p[k]) for k in ("stride", "padding", "dilation"))
     hin, win = ctx.val(a).shape[-2:]
     kh, kw = w.shape[-2:]
     ho, wo = g.shape[-2:]
     op = [hin + 2 * pd[0] - dl[0] * (kh - 1) - 1 - (ho - 1) * st[0],
           win + 2 * pd[1] - dl[1] * (kw - 1) - 1 - (wo - 1) * st[1]]
+    if p["groups"] == 1 and dl == (1, 1):
+        gi = _sparse_conv_transpose(g, w, st, pd, (hin, win))
+        if gi is not None:
+            return [(a, gi)]
+        if w.shape[1] <= PHASE_MAX_CHANNELS and st[0] == st[1] and g.device.type == "cpu":
+            return [(a, phase_conv_transpose(g, w, st[0], pd, (hin, win)))]
     gi = F.conv_transpose2d(g, w, None, st, pd, op, p["groups"], dl)
     return [(a, gi)]
+
+
+def _sparse_conv_transpose(g, w, st, pd, size) -> torch.Tensor | None:
+    """When each item's signal lives in one channel (the seed, before the first
+    rectifier spreads it): that channel's filter only, as one grouped transposed
+    conv over the K items (1/C of the dense work). None when the signal is dense."""
+    K, C = g.shape[:2]
+    if C < 8 or int(torch.count_nonzero(torch.count_nonzero(g[0].reshape(C, -1), dim=1))) > 1:
+        return None  # (item 0 first: a dense signal costs 1/K of a pass to recognise)
+    nz = torch.count_nonzero(g.reshape(K, C, -1), dim=2) > 0  # (K, C)
+    if bool((nz.sum(1) > 1).any()):
+        return None
+    units = nz.to(torch.int8).argmax(1)
+    gk = g[torch.arange(K, device=g.device), units].unsqueeze(0)  # (1, K, h, w)
+    wk = w.index_select(0, units)  # (K, Cin, kh, kw)
+    full = F.conv_transpose2d(gk, wk, None, st, 0, 0, K)  # (1, K*Cin, ...) the whole transpose, unpadded
+    full = full.view(K, w.shape[1], full.shape[-2], full.shape[-1])
+    return full[:, :, pd[0]:pd[0] + size[0], pd[1]:pd[1] + size[1]].contiguous() if (
+        full.shape[-2] >= pd[0] + size[0] and full.shape[-1] >= pd[1] + size[1]) else _crop_pad(full, pd, size)
+
+
+def _crop_pad(full, pd, size):
+    out = full.new_zeros(full.shape[:2] + tuple(size))
+    h = min(size[0], full.shape[-2] - pd[0])
+    w = min(size[1], full.shape[-1] - pd[1])
+    out[:, :, :h, :w] = full[:, :, pd[0]:pd[0] + h, pd[1]:pd[1] + w]
+    return out
+
+
+PHASE_MAX_CHANNELS = 4  # transposed convs onto at most this many channels (a first layer) run polyphase
+
+
+def phase_conv_transpose(g, w, s: int, pd, size) -> torch.Tensor:
+    """``conv_transpose2d`` onto few channels as one forward conv (the CPU's transposed-conv
+    kernel is slow for this shape): output pixel ``s*q + r`` of the unpadded transpose only
+    meets the taps ``r, r + s, ...`` of the filter, so each of the s*s phases is a
+    correlation of ``g`` with a flipped sub-filter; all phases are one ``conv2d`` whose
+    output channels are (input channel, phase), interleaved by ``pixel_shuffle``."""
+    C, cin, kh, kw = w.shape
+    my, mx = -(-kh // s), -(-kw // s)
+    wp = w.new_zeros(C, cin, s, s, my, mx)
+    for ry in range(s):
+        for rx in range(s):
+            sub = w[:, :, ry::s, rx::s]
+            wp[:, :, ry, rx, :sub.shape[2], :sub.shape[3]] = sub
+    wp = wp.flip(-1).flip(-2).permute(1, 2, 3, 0, 4, 5).reshape(cin * s * s, C, my, mx)
+    full = F.pixel_shuffle(F.conv2d(g, wp, padding=(my - 1, mx - 1)), s)  # the unpadded transpose, and more
+    return _crop_pad(full, pd, size) if (full.shape[-2] < pd[0] + size[0] or full.shape[-1] < pd[1] + size[1]) \
+        else full[:, :, pd[0]:pd[0] + size[0], pd[1]:pd[1] + size[1]].contiguous()
 
 
 def _pair(v):
@@ -270,10 +335,30 @@ def batchnorm_rule(node, g, ctx):
             return _unknown(node, g, ctx, "batch norm with batch statistics")
     if not ctx.carries(a):
         return []
+    if isinstance(a, fx.Node) and a.name in ctx.folded:
+        return [(a, g)]  # the conv before it applies the scale (see ``fold_pairs``)
+    return [(a, g * bn_scale(var, w, eps).view((1, -1) + (1,) * (g.dim() - 2)))]
+
+
+def bn_scale(var, weight, eps) -> torch.Tensor:
     scale = torch.rsqrt(var + eps)
-    if w is not None:
-        scale = scale * w
-    return [(a, g * scale.view((1, -1) + (1,) * (g.dim() - 2)))]
+    return scale if weight is None else scale * weight
+
+
+def fold_pairs(nodes: list[fx.Node], root: nn.Module, rules: dict) -> dict[str, nn.Module]:
+    """Conv nodes whose only user is an eval batch norm module: conv node name -> that
+    batch norm. Its backward scale ``g * s`` is then folded into the conv's filters
+    (``conv_transpose(g * s, w) = conv_transpose(g, w * s)``, made once per record): one
+    pass over the signal less per pair."""
+    out = {}
+    for n in nodes:
+        if n.op != "call_module" or rules.get(n.name) is not conv_rule or len(n.users) != 1:
+            continue
+        (user,) = n.users
+        m = root.get_submodule(user.target) if user.op == "call_module" else None
+        if isinstance(m, nn.BatchNorm2d) and not m.training and m.running_var is not None and user.args[0] is n:
+            out[n.name] = m
+    return out
 
 
 def maxpool_rule(node, g, ctx):
