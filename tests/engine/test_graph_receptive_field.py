@@ -1,16 +1,21 @@
 """Receptive fields on fx graphs against the support of an input gradient.
 
 The oracle shares no code with ``graph_receptive_field``: a "flat" copy of the
-net (every conv and linear weight positive, biases zero, activations and batch
-norm replaced by identities, max pools by average pools of the same geometry)
-is a linear map with positive coefficients, so nothing cancels and the input
-gradient of one output position is non-zero exactly on the pixels that position
-can see. Functional ReLUs (googlenet's ``F.relu``) cannot be replaced, so the
-input is all ones: every value in a flat net is then positive and a ReLU
-passes the gradient unchanged. The position's output is read through
-torchvision's own ``create_feature_extractor`` (its tracer, its node names).
-Weights are divided by their fan-in, so values stay O(1) and the smallest
-gradient (a corner pixel's, about (1/9)^depth) is far above float32's floor. A box must equal the bounding box of that support.
+net (every conv and linear weight positive, biases zero, activations and norms
+replaced by identities, max pools by average pools of the same geometry) is a
+map with positive coefficients, so nothing cancels and the input gradient of
+one output position is non-zero exactly on the pixels that position can see.
+Functional ReLUs (googlenet's ``F.relu``) stay, so the input is all ones: every
+value in a flat net is then positive and a ReLU passes the gradient unchanged.
+Outputs are read through torchvision's own ``create_feature_extractor`` (its
+tracer, its node names), one batch item per seeded position, one backward pass
+per model. Weights are divided by their fan-in, so values stay O(1) and the
+smallest gradient (a corner pixel's, about (1/9)^depth) is far above float32's
+floor. A box must equal the bounding box of that support.
+
+One blind spot of the oracle: a product's gradient vanishes where the other
+factor is zero, so a gate multiplied into zeros (zero padding, no biases) looks
+as if it did not matter; the tests keep gates away from such places.
 """
 
 from __future__ import annotations
@@ -363,3 +368,31 @@ def test_graphs_of_torchvisions_tracer_with_a_name_table():
         assert g.box(node, 1, 3) == ref.box(node, 1, 3)
     with pytest.raises(ValueError, match="expected one of"):
         GraphGeometry(gm, (64, 64)).node("layer2.1.relu_1")  # without the table: fx names only
+
+
+def test_flat_nets_give_the_sequential_engines_boxes():
+    # two implementations of one geometry: the sequential engine's input_box on the children
+    # list, this module on the traced graph; ZFNet's conv1 has padding 1 and ceil-free pools,
+    # VGG-16's classifier follows an adaptive pool to 7x7 from a non-multiple (5x5 at 160 px)
+    from conftest import small_zfnet_module
+    from deconvlab.engine.receptive_field import box_size as seq_size, input_box
+
+    zf, _ = small_zfnet_module()
+    for model, hw in ((zf, (224, 200)), (nn.Sequential(*built(torchvision.models.vgg16).features,
+                                                        nn.AdaptiveAvgPool2d(7)), (160, 160))):
+        children = list(model.named_children())
+        gm = trace(model)
+        g = GraphGeometry(gm, hw)
+        for i, (name, _) in enumerate(children):
+            size = g.out_hw(name)
+            for y, x in corners_and_middle(*size) if size else [(None, None)]:
+                for clip in (True, False):
+                    assert g.box(name, y, x, clip) == input_box(children, i, y, x, hw, clip), (name, y, x, clip)
+            if size is None:
+                assert box_size(gm, name, hw) == seq_size(children, i, hw) == hw
+                continue
+            # the sequential engine's box_size is position (0, 0)'s; here the largest over positions
+            # (a chain's rows depend on y only and its columns on x only)
+            boxes = [input_box(children, i, y, x, hw, clip=False)
+                     for y, x in [(y, 0) for y in range(size[0])] + [(0, x) for x in range(size[1])]]
+            assert box_size(gm, name, hw) == (max(b - t for t, _, b, _ in boxes), max(r - l for _, l, _, r in boxes))

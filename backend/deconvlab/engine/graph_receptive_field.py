@@ -1,62 +1,95 @@
 """Receptive fields of any traced CNN: an ``fx`` graph -> the input box of one unit.
 
-Zeiler & Fergus (2013) show each top activation with "the corresponding image
-patch" (Sec. 4, Fig. 2). The *receptive field* of a unit is the set of input
-pixels that can influence it: pixel p is in it when some setting of the weights
-and of the other pixels makes the unit's value depend on p. A box is the
-bounding rectangle of that set, ``(top, left, bottom, right)`` with bottom and
-right exclusive. The sequential engine's ``receptive_field`` does this for a
-flat ``nn.Sequential``; this module does it for a ``torch.fx.GraphModule`` of any
-model: the box of the unit is walked *backwards* through every branch of the
-graph, each node handing a box to each of its inputs, and the boxes that reach
-a node from several users are united (their bounding box). Per axis every rule
-is monotone, so the bounding box of a union is the union of bounding boxes and
-the result is exactly the bounding box of the receptive field, not a bound.
+Zeiler & Fergus (2013) show each top activation with the image patch it comes
+from (Sec. 4, Fig. 2). The *receptive field* of a unit is the set of input
+pixels that can influence it (Araujo, Norris & Sim, "Computing Receptive Fields
+of Convolutional Neural Networks", Distill 2019; Luo et al., NIPS 2016): pixel
+p is in it when, for some weights and some other pixels, the unit's value
+changes with p. Its box is the bounding rectangle of that set,
+``(top, left, bottom, right)`` with bottom and right exclusive.
 
-Map sizes come from running the graph once on zeros of ``input_hw``
-(``_Shapes``, an ``fx.Interpreter``, in eval mode, with the caller's train/eval
-flags restored). A forward pass first finds which tensor dims of each node are
-its rows and columns (``permute`` and NHWC layouts move them) and which nodes
-depend on the image at all (only those receive boxes).
+The sequential engine's ``receptive_field`` walks a flat ``nn.Sequential``; this
+module walks a ``torch.fx.GraphModule`` of any model. The box of the unit goes
+*backwards* through every branch, each node handing a box to each of its
+inputs, and the boxes that reach a node from several users are united (in a
+multi-path net the receptive field is the union over paths; Araujo et al. work
+such nets path by path). Per axis every rule is monotone, so the bounding box of a union is the
+union of bounding boxes: the result is the exact bounding box of the receptive
+field, not a bound (except where the table says "superset").
+
+Map sizes come from one run of the graph on zeros of ``input_hw`` (an
+``fx.Interpreter``, in eval mode, the caller's train/eval flags restored). A
+forward pass over the graph then finds, for every node, which tensor dims are
+its rows and columns (``permute`` moves them: NHWC blocks) and whether it
+depends on the image at all (weights and constants receive no boxes).
 
 =====================================  =====================================================
 op (module or functional)              what the box ``[a, b)`` of an output axis becomes
 =====================================  =====================================================
-Conv2d, MaxPool2d, AvgPool2d           ``[a*s - p, (b-1)*s - p + d*(k-1) + 1)`` (kernel k,
-(``F.conv2d``, ``F.max_pool2d``, ..)   stride s, padding p, dilation d; ``padding="same"``:
-                                       p = d*(k-1)//2; ``ceil_mode`` only changes the map size)
-AdaptiveAvg/MaxPool2d                  ``[floor(a*n_in/n_out), ceil(b*n_in/n_out))``, PyTorch's
-                                       bins; to 1x1 (a global pool): the whole map
-elementwise: activations, batch norm   the same box; an operand broadcast along an axis
-(eval), dropout, identity, add, mul,   (size 1) gets ``[0, 1)`` there, so a squeeze-excitation
-sub, div, where, clamp, expand, ..     gate (mul by a per-channel tensor from a global pool)
-                                       makes the box the whole image
+Conv2d, MaxPool2d, AvgPool2d,          ``[a*s - p, (b-1)*s - p + d*(k-1) + 1)`` (kernel k,
+``F.conv2d``, ``F.max_pool2d``,        stride s, padding p, dilation d); ``padding="same"``:
+``F.avg_pool2d``                       p = d*(k-1)//2 (PyTorch pads the odd pixel on the
+                                       right); ``ceil_mode`` changes only the map size
+conv ``padding_mode``                  reflect / replicate: as zeros (the pixels they copy are
+                                       inside the clipped window); circular: the whole axis
+                                       where a window wraps (superset)
+AdaptiveAvg/MaxPool2d,                 ``[floor(a*n_in/n_out), ceil(b*n_in/n_out))``, PyTorch's
+``F.adaptive_*_pool2d``                bins; to 1x1 (a global pool): the whole map
+elementwise: activations, batch norm   the same box; an operand broadcast along an axis (size
+(eval), dropout, identity, add, mul,   1) gets ``[0, 1)`` there, so a squeeze-excitation gate
+sub, div, where, clamp, expand, ..     (mul by a per-channel tensor from a global pool) makes
+                                       the box the whole image
 cat along channels (or batch)          the same box to every input
-cat along rows or columns              each input gets the part of the box that lies on it,
-                                       shifted by its offset (none if it misses it)
-permute, transpose, view / reshape,    the same box, on the moved axes; a reshape that does
-flatten, squeeze, unsqueeze, slices    not keep rows and columns intact -> "untracked"
-``x[..., a:b:s, c:d:t]``               ``[a + i*s, ..)`` per sliced axis
+cat along rows or columns              each input gets the part of the box on it, shifted by
+                                       its offset (none if the box misses it)
+``F.pad`` (constant), ZeroPad2d,       the box shifted by the padding before it; a position
+ConstantPad2d                          in the padding sees nothing: box (0, 0, 0, 0)
+permute, transpose, view / reshape,    the same box on the moved dims; a reshape that does not
+flatten, squeeze, unsqueeze, split     keep rows and columns intact, or a split along them:
+(along channels)                       "untracked" (below)
+``x[..., a::s, c::t]`` (slices)        ``[a + i*s, ..)`` per sliced axis
 mean/sum/amax/softmax/normalize/       over channels: the same box; over a spatial axis:
 layer_norm/group_norm/instance_norm,   that whole axis (a global pool: the whole map)
 Linear (last dim), LRN
-a node with no spatial axes            "untracked": every input gets its whole map; so
-(flatten's or a linear's output, a     an fc unit, or ``y = x = None``, sees the whole image
-global mean) or an untracked one
-a module fx did not trace into         traced on its own and walked through (one output)
-anything else                          ``UnsupportedOpError`` naming the op (``strict=True``),
-                                       or, with ``strict=False``, every input's whole map
+a node with no spatial dims (the       "untracked": every input gets its whole map; so an fc
+output of flatten, linear, a global    unit, or ``y = x = None``, sees what the whole output
+mean) or an untracked one              sees: the whole image in a CNN
+a module that is a leaf of the         traced on its own (``torch.fx``) and walked through;
+graph's tracer but not a ``torch.nn``  one with a tuple output: untracked
+op (Conv2dNormActivation,
+SqueezeExcitation under torchvision's
+tracer)
+anything else (upsampling, roll, a     ``UnsupportedOpError`` naming the op (``strict=True``),
+``torch.nn`` leaf not listed, ..)      or with ``strict=False`` every input's whole map
+                                       (always a superset)
 =====================================  =====================================================
 
-The whole map is always a superset of what a unit can see, so "untracked" is
-safe; it is used only where the op is known (a reshape that scrambles
-positions, a split along a spatial axis). Batch norm counts as elementwise:
-boxes are those of the net in eval mode (running statistics). Boxes are
-clipped to each map at every step (positions outside a map are padding and see
-nothing) unless ``clip=False``, which gives every position a box of the full
-kernel size (``box_size``). Known limit: an in-place op whose result the code
-discards (``x.add_(y)`` then using ``x``) is invisible to fx; trace through
-``graph_trace.trace_model`` (which functionalises) for such models.
+The whole map is always a superset of what a unit sees, so "untracked" is safe;
+it is used only where the op is known. Batch norm counts as elementwise: the
+boxes are those of the net in eval mode (running statistics; in training mode
+a batch norm mixes every position). Boxes are clipped to each map at every step
+(positions outside a map are padding) unless ``clip=False``, which gives every
+position its full, unclipped box (``box_size``).
+
+Nodes are named by ``fx.Node``, by the qualified names of
+``torchvision.models.feature_extraction.get_graph_node_names`` (eval mode:
+``layer1.0.add``, ``layer3.1.relu_1``), by fx node name, or by a module path
+(``layer3.1``: the last node under it, the block's output). ``trace`` records
+the qualified names; for other graphs they are made from ``nn_module_stack``
+(``torch.fx.symbolic_trace``) or passed as ``qualnames`` (the graph engine's
+``Traced.qualname``).
+
+Errors: an unknown node name -> ``ValueError`` ("expected one of ..., got ...");
+a position outside the node's map -> ``ValueError`` naming the range; an op
+with no rule -> ``UnsupportedOpError`` (a ``TypeError``). Known limit: an
+in-place op whose result the code drops (``x.add_(y)``, then ``x`` is used) is
+invisible in an fx graph; ``graph_trace.trace_model`` functionalises such
+graphs first.
+
+One module of about 800 lines, over the project's 500: the rule table, the
+forward pass over layouts and the backward walk are one algorithm sharing every
+private structure (shapes, dims, rules), and split they would be harder to read
+against the table above.
 """
 
 from __future__ import annotations
@@ -99,6 +132,7 @@ _SPLIT = _fns("split chunk", torch)
 _REDUCE = _fns("mean sum amax amin std var logsumexp", torch)
 _SOFTMAX = _fns("softmax log_softmax", torch, F)
 _CONV = _fns("conv2d", torch, F)
+_NORM_FNS = _fns("layer_norm group_norm instance_norm normalize local_response_norm", torch, F)
 _MAXPOOL = {F.max_pool2d, torch.max_pool2d}
 _AVGPOOL = {F.avg_pool2d}
 _ADAPTIVE = {F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
@@ -309,8 +343,7 @@ class _Graph:
         table = [(_ELEMENTWISE, "elementwise"), (_FIRST_ARG, "first"), (_RESHAPE, "reshape"),
                  (_PERMUTE, "permute"), (_CAT, "cat"), (_SPLIT, "split"), (_REDUCE, "reduce"),
                  (_SOFTMAX, "softmax"), (_ADAPTIVE, "adaptive"), (_CONV | _MAXPOOL | _AVGPOOL, "window"),
-                 ({operator.getitem}, "getitem"), ({F.pad}, "pad"), (_fns("layer_norm group_norm instance_norm normalize "
-                                                        "local_response_norm", torch, F), "norm")]
+                 ({operator.getitem}, "getitem"), ({F.pad}, "pad"), (_NORM_FNS, "norm")]
         for fns, kind in table:
             if t in fns:
                 return self._kind(kind), self._info(n, kind)
@@ -698,7 +731,7 @@ class GraphGeometry:
     def box(self, node: str | fx.Node, y: int | None, x: int | None, clip: bool = True) -> tuple[int, int, int, int]:
         """(top, left, bottom, right), bottom/right exclusive: the input pixels that position
         (y, x) of the node's output can see. For y or x None, or a node without spatial axes (an
-        fc layer), what the whole output sees: the whole image in a CNN. A position that sees no
+        fc layer), what the whole output sees, clipped: the whole image in a CNN. A position that sees no
         pixel (in the zeros of an ``F.pad``, or a node that does not depend on the image) gets
         the empty box (0, 0, 0, 0)."""
         n = self.node(node)
@@ -708,7 +741,7 @@ class GraphGeometry:
         if seed is not ALL and not (0 <= y < hw[0] and 0 <= x < hw[1]):
             raise ValueError(f"position: expected (y, x) with y in 0..{hw[0] - 1} and x in 0..{hw[1] - 1} "
                              f"(node {n.name!r} is {hw[0]}x{hw[1]}), got ({y}, {x})")
-        got = self.graph.propagate({n: seed}, clip).get(self.image, False)
+        got = self.graph.propagate({n: seed}, clip or seed is ALL).get(self.image, False)
         if got is False:  # no pixel reaches it: zero padding (F.pad), or a constant
             return 0, 0, 0, 0
         t, b, l, r = (0, h, 0, w) if got is ALL else got
@@ -739,7 +772,8 @@ def geometry(gm: fx.GraphModule, input_hw: tuple[int, int], *, in_channels: int 
            tuple(sorted(qualnames.items())) if qualnames is not None else None)
     per = _CACHE.setdefault(gm, {})
     if key not in per:
-        per.clear()
+        if len(per) >= 4:  # a few input sizes per graph; the oldest goes
+            per.pop(next(iter(per)))
         per[key] = GraphGeometry(gm, input_hw, in_channels=in_channels, strict=strict, qualnames=qualnames)
     return per[key]
 
