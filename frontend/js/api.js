@@ -171,8 +171,9 @@ export function createApi({
       },
     ),
     top: (layer, unit, model, k) => json(withParams(`${base}/layers/${enc(layer)}/units/${enc(unit)}/top`, { ...m(model), k })),
-    occlusion: (id, body, model) => json(withParams(`${img(id)}/occlusion`, m(model)), {
+    occlusion: (id, body, model, { signal } = {}) => json(withParams(`${img(id)}/occlusion`, m(model)), {
       method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+      ...(signal ? { signal } : {}),
     }),
     filtersUrl: (layer, model) => withParams(`${base}/layers/${enc(layer)}/filters.png`, m(model)),
     evolution: (layer, unit, model) => json(withParams(`${base}/layers/${enc(layer)}/units/${enc(unit)}/evolution`, m(model))),

@@ -1,15 +1,17 @@
 // Every constant of the app lives here: API base, defaults, names shown to people.
 export const API_BASE = '/api';
 
+// `help`: the one line shown under the controls (the paper's Sec. 2.1 and its successors).
 export const METHODS = Object.freeze([
-  { id: 'deconv', label: 'Deconvnet' },
-  { id: 'guided', label: 'Guided backprop' },
-  { id: 'backprop', label: 'Gradient' },
+  { id: 'deconv', label: 'Deconvnet', help: 'Deconvnet (Zeiler & Fergus): back through the net with the transposed filters, max-unpooling by the forward pass\'s switches, and a ReLU on the way back that keeps only positive signal.' },
+  { id: 'guided', label: 'Guided backprop', help: 'Guided backprop (Springenberg et al. 2014): like the gradient, but a ReLU passes signal back only where both its input was positive and the signal coming back is positive.' },
+  { id: 'backprop', label: 'Gradient', help: 'Gradient (Simonyan et al. 2013): the ordinary derivative of the unit with respect to the input pixels; a ReLU passes signal back where its forward input was positive.' },
 ]);
 export const SEEDS = Object.freeze([
-  { id: 'point', label: 'Strongest position' },
-  { id: 'map', label: 'Whole map' },
+  { id: 'point', label: 'Strongest position', help: 'Point seed: only one activation of the map is kept (the strongest, or the one you pick) and all others set to zero, as in Fig. 2; its receptive field is outlined.' },
+  { id: 'map', label: 'Whole map', help: 'Map seed: the whole feature map is projected at once, every position at its own strength.' },
 ]);
+export const PAPER_URL = 'https://arxiv.org/abs/1311.2901';
 export const SORTS = Object.freeze([
   { id: 'index', label: 'Unit order' },
   { id: 'activation', label: 'Strongest first' },

@@ -6,7 +6,10 @@ import {
   THUMB_SIZE, TOP_K, URL_KEYS,
 } from './config.js';
 import {
-  currentModel, formatHash, neighbourLayer, parseHash, visibleLayers,
+  groupLayers, isSpatial, locate, sensibleLayer, visibleLayerList,
+} from './picker.js';
+import {
+  currentModel, formatHash, neighbourLayer, parseHash,
 } from './state.js';
 import { moveUnit, sortUnits } from './units.js';
 
@@ -19,7 +22,9 @@ export function initialState() {
     samples: idle(), sampleSeed: 0,
     upload: { status: 'idle', error: null, name: null },
     imageInfo: idle(), input: idle(), predictions: idle(),
-    layerData: idle(), thumbs: { key: null, byUnit: {} },
+    layerData: idle(), thumbs: { key: null, byUnit: {} }, // byUnit: unit -> {status, url | error}
+    layerQuery: '', // the layer picker's filter box
+    expanded: [], // picker groups whose inner layers are shown
     unitData: idle(), unitMap: idle(), projection: idle(), topk: idle(), evolution: idle(),
     filters: idle(),
     occlusion: { ...idle(), params: { ...OCCLUSION_DEFAULTS }, startedAt: null },
@@ -32,10 +37,18 @@ export function initialState() {
 export function derive(state) {
   const models = state.models.data ? state.models.data.models : [];
   const model = currentModel(models, state.model, state.models.data && state.models.data.default);
-  const layers = visibleLayers(model, HIDDEN_LAYERS);
+  const layers = visibleLayerList(model, HIDDEN_LAYERS);
   const layerInfo = layers.find((l) => l.name === state.layer) ?? null;
   const units = state.layerData.status === 'ok' ? state.layerData.data.units : [];
-  return { model, layers, layerInfo, ordered: sortUnits(units, state.sort), box: currentBox(state) };
+  const grouped = groupLayers(layers);
+  const at = locate(grouped, state.layer);
+  // The chosen layer's block is always open; others as the person opened them.
+  const open = new Set(state.expanded);
+  if (at && !at.main) open.add(at.group);
+  return {
+    model, layers, layerInfo, grouped, open, spatial: isSpatial(layerInfo),
+    ordered: sortUnits(units, state.sort), box: currentBox(state),
+  };
 }
 
 /**
@@ -56,7 +69,7 @@ export function currentBox(state) {
 export function createController({ api, views, nav, now = () => Date.now(), release = () => {} }) {
   let state = initialState();
   const inflight = new Map(); // slot -> AbortController
-  const thumbAborts = { ctl: null };
+  const thumbAborts = { byUnit: new Map() }; // unit -> AbortController of its thumbnail
   const listeners = [];
 
   const get = () => state;
@@ -153,7 +166,7 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
   function fixLayer() {
     const { layers } = derive(state);
     if (!layers.length || layers.some((l) => l.name === state.layer)) return;
-    const fallback = layers.some((l) => l.name === DEFAULTS.layer) ? DEFAULTS.layer : layers[0].name;
+    const fallback = sensibleLayer(layers, null);
     set({
       notice: `Layer ${state.layer} is not a layer of ${state.model}; showing ${fallback}.`,
       layer: fallback, unit: null, position: null,
@@ -184,18 +197,19 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
     if (imageOk) {
       const ik = `${M}|${img}`;
       load('input', ik, (signal) => api.image(api.inputUrl(img, M), { signal }));
-      load('predictions', ik, () => api.predictions(img, M, PREDICTIONS_K));
+      const k = Math.min(PREDICTIONS_K, (model.classes && model.classes.length) || PREDICTIONS_K); // 3 classes: a top-3
+      load('predictions', ik, () => api.predictions(img, M, k));
       const lk = `${ik}|${state.layer}`;
       load('layerData', lk, () => api.layer(img, state.layer, M));
-      if (state.layerData.status === 'ok' && state.layerData.key === lk && layerInfo && layerInfo.kind === 'conv') {
-        loadThumbs(lk, img, state.layer, M, state.layerData.data.units);
+      if (state.layerData.status === 'ok' && state.layerData.key === lk && isSpatial(layerInfo)) {
+        if (state.thumbs.key !== lk) { clearThumbs(); set({ thumbs: { key: lk, byUnit: {} } }); }
       } else if (state.thumbs.key !== lk) {
         clearThumbs();
       }
       if (state.unit !== null) {
         const uk = `${lk}|${state.unit}`;
         load('unitData', uk, () => api.unit(img, state.layer, state.unit, M), { keep: true });
-        if (layerInfo && layerInfo.kind === 'conv') {
+        if (isSpatial(layerInfo)) {
           load('unitMap', uk, (signal) => api.image(api.mapUrl(img, state.layer, state.unit, M, MAP_SIZE), { signal }), { keep: true });
         } else {
           clear('unitMap');
@@ -239,31 +253,57 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
     }
   }
 
-  function loadThumbs(key, img, layer, M, units) {
-    if (state.thumbs.key === key) return;
-    clearThumbs();
-    const ctl = new AbortController();
-    thumbAborts.ctl = ctl;
-    set({ thumbs: { key, byUnit: {} } });
-    for (const u of sortUnits(units, state.sort)) {
-      api.image(api.mapUrl(img, layer, u.unit, M, THUMB_SIZE), { signal: ctl.signal, low: true }).then(
+  /**
+   * Thumbnails only for the units on screen (the grid view reports them): a layer of
+   * 512 maps asks for the ~50 visible ones. Requests for units scrolled away before
+   * they were sent are dropped (and asked again when they come back).
+   */
+  function showThumbs(units) {
+    const key = state.thumbs.key;
+    const { layerInfo } = derive(state);
+    if (key === null || !state.image || !isSpatial(layerInfo)) return;
+    const wanted = new Set(units);
+    for (const [unit, ctl] of thumbAborts.byUnit) {
+      if (!wanted.has(unit)) { ctl.abort(); thumbAborts.byUnit.delete(unit); dropThumb(unit); }
+    }
+    const img = state.image, layer = state.layer, M = state.model;
+    let changed = false;
+    const byUnit = { ...state.thumbs.byUnit };
+    for (const unit of units) {
+      if (byUnit[unit]) continue;
+      const ctl = new AbortController();
+      thumbAborts.byUnit.set(unit, ctl);
+      byUnit[unit] = { status: 'loading' };
+      changed = true;
+      api.image(api.mapUrl(img, layer, unit, M, THUMB_SIZE), { signal: ctl.signal, low: true }).then(
         (data) => {
+          thumbAborts.byUnit.delete(unit);
           if (state.thumbs.key !== key || ctl.signal.aborted) { releaseData(data); return; }
-          set({ thumbs: { key, byUnit: { ...state.thumbs.byUnit, [u.unit]: { status: 'ok', url: data.url } } } });
+          set({ thumbs: { key, byUnit: { ...state.thumbs.byUnit, [unit]: { status: 'ok', url: data.url } } } });
           render();
         },
         (err) => {
+          thumbAborts.byUnit.delete(unit);
           if (state.thumbs.key !== key || ctl.signal.aborted) return;
-          set({ thumbs: { key, byUnit: { ...state.thumbs.byUnit, [u.unit]: { status: 'error', error: message(err) } } } });
+          set({ thumbs: { key, byUnit: { ...state.thumbs.byUnit, [unit]: { status: 'error', error: message(err) } } } });
           render();
         },
       );
     }
+    if (changed) set({ thumbs: { key, byUnit } });
+  }
+
+  function dropThumb(unit) {
+    const t = state.thumbs.byUnit[unit];
+    if (!t || t.status !== 'loading') return;
+    const byUnit = { ...state.thumbs.byUnit };
+    delete byUnit[unit];
+    set({ thumbs: { ...state.thumbs, byUnit } });
   }
 
   function clearThumbs() {
-    if (thumbAborts.ctl) thumbAborts.ctl.abort();
-    thumbAborts.ctl = null;
+    for (const ctl of thumbAborts.byUnit.values()) ctl.abort();
+    thumbAborts.byUnit.clear();
     if (state.thumbs.key === null) return;
     for (const t of Object.values(state.thumbs.byUnit)) if (t.url) release(t.url);
     set({ thumbs: { key: null, byUnit: {} } });
@@ -271,7 +311,7 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
 
   // --------------------------------------------------------------- handlers
 
-  async function useBlob(promiseOfBlob, name) {
+  async function useBlob(promiseOfBlob, name, then = { position: null }) {
     const before = state.image;
     set({ upload: { status: 'loading', error: null, name } });
     render();
@@ -279,8 +319,8 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
       const blob = await promiseOfBlob;
       const res = await api.upload(blob, state.model, name);
       set({ upload: { status: 'ok', error: null, name } });
-      if (res.image_id === before) { render(); return; }
-      commit({ image: res.image_id, position: null, notice: null });
+      if (res.image_id === before && then.position === null) { render(); return; }
+      commit({ ...then, image: res.image_id, notice: null });
     } catch (err) {
       set({ upload: { status: 'error', error: message(err), name } });
       render();
@@ -300,20 +340,47 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
       return useBlob(api.blob(sample.url), `${sample.label || 'sample'} #${sample.image_index}.jpg`);
     },
     moreSamples() { commit({ sampleSeed: state.sampleSeed + 1 }); },
+    /**
+     * A top-9 patch: its data-set image becomes the image, projected from the patch's
+     * position (so the receptive field outlined is the patch's box), same layer and unit.
+     */
+    async openTopEntry(entry) {
+      const { layer, unit } = state;
+      const position = Array.isArray(entry.position) ? entry.position : null;
+      await useBlob(api.blob(entry.image_url), `${entry.label || 'data-set image'} #${entry.image_index}.jpg`,
+        { layer, unit, position, seed: 'point' });
+    },
+    /** Another model: the same image, the same layer when it has one, else one as deep (picker.sensibleLayer). */
     selectModel(id) {
       if (id === state.model) return;
-      commit({ model: id, unit: null, position: null, notice: null });
-      fixLayer();
-      commit();
+      const before = derive(state).layers;
+      const models = state.models.data ? state.models.data.models : [];
+      const next = models.find((m) => m.id === id);
+      if (!next) return;
+      const layer = sensibleLayer(visibleLayerList(next, HIDDEN_LAYERS), state.layer, before);
+      commit({
+        model: id, layer: layer ?? state.layer, unit: null, position: null, notice: null,
+        layerQuery: '', expanded: [],
+      });
     },
-    selectLayer(name) {
+    selectLayer(name, { keepUnit = false } = {}) {
       if (name === state.layer) return;
-      commit({ layer: name, unit: null, position: null });
+      const info = derive(state).layers.find((l) => l.name === name);
+      const unit = keepUnit && info && state.unit !== null && state.unit < info.channels ? state.unit : null;
+      commit({ layer: name, unit, position: null });
     },
+    /** [ and ]: the next layer in network order, keeping the unit when the layer has it. */
     moveLayer(delta) {
       const next = neighbourLayer(derive(state).layers, state.layer, delta);
-      if (next) handlers.selectLayer(next);
+      if (next) handlers.selectLayer(next, { keepUnit: true });
     },
+    setLayerQuery(text) { commit({ layerQuery: String(text ?? '') }); },
+    toggleGroup(id) {
+      const on = state.expanded.includes(id);
+      commit({ expanded: on ? state.expanded.filter((g) => g !== id) : [...state.expanded, id] });
+    },
+    /** The grid says which units are on screen: their thumbnails load, others wait. */
+    showUnits(units) { showThumbs(units); render(); },
     selectUnit(unit) {
       if (unit === state.unit) return;
       commit({ unit, position: null });
@@ -334,6 +401,13 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
       else if (state.notice) commit({ notice: null });
     },
     dismissNotice() { commit({ notice: null }); },
+    /** Stop a running occlusion: the request is aborted and the server drops the job. */
+    cancelOcclusion() {
+      if (state.occlusion.status !== 'loading') return;
+      if (inflight.has('occlusion')) { inflight.get('occlusion').abort(); inflight.delete('occlusion'); }
+      set({ occlusion: { ...state.occlusion, status: 'idle', key: null, error: null, cancelled: true } });
+      render();
+    },
     setOcclusionParams(params) {
       set({ occlusion: { ...state.occlusion, params: { ...state.occlusion.params, ...params } } });
       render();
@@ -353,7 +427,7 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
       inflight.set('occlusion', ctl);
       set({ occlusion: { status: 'loading', key, data: null, error: null, params: p, startedAt: now() } });
       render();
-      return api.occlusion(img, p, M).then(
+      return api.occlusion(img, p, M, { signal: ctl.signal }).then(
         (data) => {
           if (ctl.signal.aborted || state.occlusion.key !== key) return;
           inflight.delete('occlusion');

@@ -8,22 +8,30 @@ import { createInputView } from './views/input.js';
 import { createKeyboardView } from './views/keyboard.js';
 import { createLayersView } from './views/layers.js';
 import { createOcclusionView } from './views/occlusion.js';
+import { createPickerView } from './views/picker.js';
 import { createTopkView } from './views/topk.js';
 import { createUnitView } from './views/unit.js';
 import { createUploadView } from './views/upload.js';
 
 const layers = createLayersView();
+const picker = createPickerView();
+let controller = null;
 const views = {
   header: createHeaderView(),
   upload: createUploadView(),
   input: createInputView(),
+  picker,
   layers,
   unit: createUnitView(),
   topk: createTopkView(),
   evolution: createEvolutionView(),
   occlusion: createOcclusionView(),
   filters: createFiltersView(),
-  keyboard: createKeyboardView({ columns: () => layers.columns(), afterMove: () => layers.focusSelected() }),
+  keyboard: createKeyboardView({
+    columns: () => layers.columns(),
+    afterMove: () => layers.focusSelected(),
+    afterLayerMove: () => picker.focusSelected(controller.get()),
+  }),
 };
 
 const nav = {
@@ -40,7 +48,7 @@ const nav = {
   },
 };
 
-const controller = createController({
+controller = createController({
   api: createApi(),
   views,
   nav,

@@ -85,7 +85,9 @@ function setup(hash = '', apiOpts = {}) {
 }
 
 test('a deep link restores the whole view: image, layer, unit, method, seed, position', async () => {
-  const { api, s, nav } = setup('#model=tiny&image=img1&layer=conv2&unit=2&method=guided&pos=3,4');
+  const { api, s, nav, c } = setup('#model=tiny&image=img1&layer=conv2&unit=2&method=guided&pos=3,4');
+  await flush();
+  c.handlers.showUnits([0, 1, 2]); // the grid reports what is on screen
   await flush();
   const st = s();
   assert.equal(st.layer, 'conv2');
@@ -146,12 +148,38 @@ test('arrow moves follow the sorted order; [ and ] move between visible layers',
   assert.equal(s().unit, 0);
   c.handlers.moveLayer(1);
   assert.equal(s().layer, 'conv2');
+  assert.equal(s().unit, 0); // kept: conv2 has a unit 0
+  c.handlers.selectUnit(2);
+  c.handlers.moveLayer(-1);
+  assert.equal(s().unit, 2);
+  c.handlers.selectLayer('conv2'); // a click on a tab starts afresh
   assert.equal(s().unit, null);
   c.handlers.moveLayer(1);
   c.handlers.moveLayer(1); // fc8 is hidden: fc6 is the last tab
   assert.equal(s().layer, 'fc6');
   c.handlers.moveLayer(-5);
   assert.equal(s().layer, 'conv1');
+});
+
+test('thumbnails load only for the units on screen; scrolled-away requests are dropped', async () => {
+  const hold = { match: (n) => n.startsWith('image:/map/'), pending: [] };
+  const { c, s, api } = setup('#image=img1&layer=conv1', { hold });
+  await flush();
+  assert.ok(!api.calls.some((n) => n.startsWith('image:/map/')), 'nothing before the grid says what it shows');
+  c.handlers.showUnits([0, 1]);
+  await flush();
+  assert.deepEqual(hold.pending.map((p) => p.name), ['image:/map/img1/conv1/0', 'image:/map/img1/conv1/1']);
+  c.handlers.showUnits([1, 2]); // 0 scrolled away before its answer
+  await flush();
+  assert.deepEqual(Object.keys(s().thumbs.byUnit).sort(), ['1', '2']);
+  for (const p of hold.pending) p.resolve();
+  await flush();
+  assert.equal(s().thumbs.byUnit[1].status, 'ok');
+  assert.equal(s().thumbs.byUnit[2].status, 'ok');
+  assert.equal(s().thumbs.byUnit[0], undefined, 'the aborted one is not kept');
+  c.handlers.showUnits([0]);
+  await flush();
+  assert.equal(api.calls.filter((n) => n === 'image:/map/img1/conv1/0').length, 2, 'asked again when back');
 });
 
 test('a late answer for a unit no longer shown is dropped', async () => {

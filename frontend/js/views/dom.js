@@ -97,3 +97,12 @@ export function img(src, alt, attrs = {}) {
   }, { once: true });
   return el;
 }
+
+/** A download link for an object URL (or hide it): `<a download=name href=url>`. */
+export function setDownload(a, url, name) {
+  if (!url) { a.hidden = true; a.removeAttribute('href'); return; }
+  a.hidden = false;
+  if (a.getAttribute('href') !== url) a.setAttribute('href', url);
+  a.setAttribute('download', name);
+  a.title = `Save as ${name}`;
+}

@@ -5,6 +5,14 @@ export function createEvolutionView(root = document) {
   const section = $('[data-testid="evolution"]', root);
   const status = $('[data-testid="evolution-status"]', root);
   const strip = $('.evo-strip', section);
+  const more = $('.evo-more', section);
+  const cue = () => {
+    const hiddenRight = strip.scrollWidth - strip.clientWidth - strip.scrollLeft > 4;
+    more.hidden = !hiddenRight;
+    more.textContent = hiddenRight ? 'More snapshots to the right: scroll the strip (or focus it and use the arrow keys).' : '';
+  };
+  strip.addEventListener('scroll', cue, { passive: true });
+  if (typeof ResizeObserver === 'function') new ResizeObserver(cue).observe(strip);
 
   return {
     bind() {},
@@ -20,7 +28,9 @@ export function createEvolutionView(root = document) {
       const snaps = e.status === 'ok' ? e.data.snapshots : [];
       rebuild(strip, `${e.key}|${e.status}`, () => snaps.map((s) => h('figure', { dataset: { testid: 'evolution-snapshot' } },
         img(s.projection_url, `Epoch ${s.epoch}`),
-        h('figcaption', { text: `epoch ${s.epoch} · ${fmt(s.value)}` }))));
+        h('figcaption', { text: `epoch ${s.epoch} · max ${fmt(s.value)}`, title: `the strongest activation over ${e.data.images ?? 'the'} data-set images at epoch ${s.epoch}` }))));
+      strip.hidden = !snaps.length;
+      cue();
     },
   };
 }

@@ -1,11 +1,14 @@
 // Fig. 6: the first layer's filters as a mosaic, in a panel.
-import { $, setSrc, showStatus } from './dom.js';
+import { FILTERS_LAYER } from '../config.js';
+import { figureFileName } from '../files.js';
+import { $, setDownload, setSrc, showStatus } from './dom.js';
 
 export function createFiltersView(root = document) {
   const panel = $('[data-testid="filters"]', root);
   const status = $('[data-testid="filters-status"]', root);
   const image = $('[data-testid="filters-img"]', root);
   const close = $('.panel-close', panel);
+  const download = $('[data-testid="download-filters"]', root);
 
   return {
     bind(handlers) {
@@ -19,6 +22,7 @@ export function createFiltersView(root = document) {
       const f = state.filters;
       showStatus(status, f, { loading: 'Rendering the filters…' });
       setSrc(image, f.status === 'ok' ? f.data.url : null);
+      setDownload(download, f.status === 'ok' ? f.data.url : null, figureFileName({ model: state.model, layer: FILTERS_LAYER, figure: 'filters' }));
       if (opening) close.focus();
     },
   };

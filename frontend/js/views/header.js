@@ -7,6 +7,7 @@ export function createHeaderView(root = document) {
   const notice = $('#notice', root);
   const noticeText = $('.notice-text', notice);
   const noticeClose = $('.notice-close', notice);
+  let shownPanel = null;
 
   return {
     bind(handlers) {
@@ -17,11 +18,18 @@ export function createHeaderView(root = document) {
     render(state, { model }) {
       const models = state.models.data ? state.models.data.models : [];
       rebuild(select, models.map((m) => m.id).join('|'), () => models.map((m) => h('option', {
-        value: m.id, text: `${m.id} (${m.arch}, ${m.classes.length} classes)`,
+        value: m.id, text: `${m.id} (${m.arch}, ${m.layers.length} layers, ${m.classes.length} classes)`,
       })));
       select.disabled = models.length < 2;
       if (model && select.value !== model.id) select.value = model.id;
       for (const b of buttons) b.setAttribute('aria-pressed', String(state.panel === b.dataset.panel));
+      // A panel closed (Esc, ×, its button): focus goes back to the button that opens it.
+      if (shownPanel && state.panel !== shownPanel) {
+        const a = document.activeElement;
+        const opener = buttons.find((b) => b.dataset.panel === shownPanel);
+        if (opener && (!a || a === document.body || !document.body.contains(a) || a.closest('.panel'))) opener.focus();
+      }
+      shownPanel = state.panel;
 
       // Global trouble first (the model list), then notes about the link.
       let text = null, isError = false;

@@ -1,7 +1,12 @@
-// Keys for the whole page: arrows move between units, [ and ] between layers, Esc closes panels.
+// Keys for the whole page: arrows move between units, [ and ] between layers
+// (focus goes to the new layer's tab unless it was in the grid), Esc closes panels.
+// The layer picker, the feature map and the sample strip handle their own arrows
+// (and stop them here).
 const TYPING = new Set(['INPUT', 'SELECT', 'TEXTAREA']);
 
-export function createKeyboardView({ columns = () => 1, afterMove = () => {}, target = document } = {}) {
+export function createKeyboardView({
+  columns = () => 1, afterMove = () => {}, afterLayerMove = () => {}, target = document,
+} = {}) {
   return {
     bind(handlers) {
       target.addEventListener('keydown', (e) => {
@@ -11,16 +16,15 @@ export function createKeyboardView({ columns = () => 1, afterMove = () => {}, ta
         if (t && (TYPING.has(t.tagName) || t.isContentEditable)) return;
         const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns(), ArrowDown: columns() }[e.key];
         if (step !== undefined) {
-          if (t && t.getAttribute && t.getAttribute('role') === 'tab' && (e.key === 'ArrowLeft' || e.key === 'ArrowRight')) {
-            e.preventDefault();
-            handlers.moveLayer(step);
-            return;
-          }
           e.preventDefault();
           handlers.moveUnit(step);
           afterMove(); // focus follows the keyboard to the chosen unit
-        } else if (e.key === '[') { e.preventDefault(); handlers.moveLayer(-1); }
-        else if (e.key === ']') { e.preventDefault(); handlers.moveLayer(1); }
+        } else if (e.key === '[' || e.key === ']') {
+          e.preventDefault();
+          const inGrid = !!(t && t.closest && t.closest('[data-testid=units]'));
+          handlers.moveLayer(e.key === '[' ? -1 : 1);
+          if (!inGrid) afterLayerMove(); // never strand focus on the body
+        }
       });
     },
     render() {},

@@ -1,19 +1,37 @@
-// Layer tabs and the grid of one layer's feature maps (thumbnails for conv
-// layers, a heat grid of per-unit maxima for fc layers), sortable, strongest marked.
+// The grid of one layer's feature maps (thumbnails for layers with maps, a heat
+// grid of per-unit maxima for fc layers), sortable, strongest marked. The picker
+// above it is views/picker.js. Thumbnails load lazily: an IntersectionObserver
+// tells the controller which cells are on screen (a layer of 512 maps asks for
+// the ~50 in view, not 512).
 import { SORTS } from '../config.js';
 import { toHex, normalise, viridis } from '../colormap.js';
 import { range, strongestUnit } from '../units.js';
 import { $, fmt, h, rebuild, showStatus } from './dom.js';
 
 export function createLayersView(root = document) {
-  const tabs = $('[data-testid="layer-tabs"]', root);
   const sort = $('[data-testid="sort"]', root);
   const summary = $('[data-testid="layer-summary"]', root);
   const status = $('[data-testid="layer-status"]', root);
   const grid = $('[data-testid="units"]', root);
+  const legend = $('[data-testid="units-legend"]', root);
+  const legendLo = $('.legend-lo', legend);
+  const legendHi = $('.legend-hi', legend);
   let handlers = null;
   let cells = new Map(); // unit -> {el, img}
   let selected = null;
+  const onScreen = new Set();
+  let pending = 0;
+  const observer = typeof IntersectionObserver === 'function' ? new IntersectionObserver((entries) => {
+    for (const en of entries) {
+      const u = Number(en.target.dataset.unit);
+      if (en.isIntersecting) onScreen.add(u); else onScreen.delete(u);
+    }
+    if (!pending) pending = setTimeout(report, 60); // one report per scroll burst
+  }, { root: null, rootMargin: '150px' }) : null;
+  function report() {
+    pending = 0;
+    if (handlers) handlers.showUnits([...onScreen].filter((u) => cells.has(u)));
+  }
 
   for (const s of SORTS) sort.append(h('option', { value: s.id, text: s.label }));
 
@@ -21,10 +39,6 @@ export function createLayersView(root = document) {
     bind(h_) {
       handlers = h_;
       sort.addEventListener('change', () => handlers.setSort(sort.value));
-      tabs.addEventListener('click', (e) => {
-        const b = e.target.closest('[data-layer]');
-        if (b) handlers.selectLayer(b.dataset.layer);
-      });
       grid.addEventListener('click', (e) => {
         const b = e.target.closest('[data-unit]');
         if (b) handlers.selectUnit(Number(b.dataset.unit));
@@ -44,17 +58,7 @@ export function createLayersView(root = document) {
       for (const c of grid.children) { if (c.offsetTop !== top) break; n += 1; }
       return Math.max(1, n);
     },
-    render(state, { layers, layerInfo, ordered }) {
-      rebuild(tabs, layers.map((l) => l.name).join('|'), () => layers.map((l) => h('button', {
-        type: 'button', role: 'tab', class: 'tab', dataset: { testid: 'layer-tab', layer: l.name },
-        title: `${l.name}: ${l.channels} ${l.kind === 'conv' ? 'feature maps' : 'units'}, output ${l.shape.join('×')}`,
-        text: l.name,
-      })));
-      for (const b of tabs.children) {
-        const on = b.dataset.layer === state.layer;
-        b.setAttribute('aria-selected', String(on));
-        b.tabIndex = on ? 0 : -1;
-      }
+    render(state, { layerInfo, ordered, spatial }) {
       if (sort.value !== state.sort) sort.value = state.sort;
 
       const ld = state.layerData;
@@ -63,14 +67,19 @@ export function createLayersView(root = document) {
       else showStatus(status, ld, { loading: `Computing ${state.layer}…` });
 
       const units = ld.status === 'ok' ? ld.data.units : [];
-      const isFc = ld.status === 'ok' ? ld.data.kind === 'fc' : !!(layerInfo && layerInfo.kind === 'fc');
+      const shp = ld.status === 'ok' && Array.isArray(ld.data.shape) ? ld.data.shape : null;
+      const isFc = shp ? shp.length !== 3 : ld.status === 'ok' ? ld.data.kind === 'fc' : !!(layerInfo && !spatial);
       const best = strongestUnit(units);
       const [lo, hi] = range(units);
       summary.textContent = ld.status === 'ok'
-        ? `${units.length} ${isFc ? 'units' : 'feature maps'} · strongest #${best} (max ${fmt(hi)})`
+        ? `${units.length} ${isFc ? 'units' : 'feature maps'} · strongest: unit ${best} (max ${fmt(hi)})`
         : '';
+      legend.hidden = ld.status !== 'ok';
+      legendLo.textContent = isFc ? fmt(Math.min(0, lo)) : 'its minimum';
+      legendHi.textContent = isFc ? fmt(hi) : 'its maximum';
       grid.classList.toggle('fc', isFc);
       const built = rebuild(grid, `${ld.key}|${ld.status}|${state.sort}`, () => {
+        if (observer) { observer.disconnect(); onScreen.clear(); }
         cells = new Map();
         return ordered.map((u) => {
           const label = `unit ${u.unit}: max ${fmt(u.max)}, mean ${fmt(u.mean)}${u.unit === best ? ' (strongest)' : ''}`;
@@ -88,13 +97,16 @@ export function createLayersView(root = document) {
           return el;
         });
       });
+      if (built && observer && !isFc) for (const c of cells.values()) observer.observe(c.el);
+      else if (built && !observer && !isFc) handlers.showUnits([...cells.keys()]); // no observer: every map
       if (built) selected = null;
 
       // Thumbnails as they arrive.
       if (!isFc && state.thumbs.key === ld.key) {
         for (const [unit, t] of Object.entries(state.thumbs.byUnit)) {
+          if (t.status === 'loading') continue;
           const c = cells.get(Number(unit));
-          if (!c) continue;
+          if (!c || c.img || c.err) continue;
           if (t.status === 'ok' && !c.img) {
             c.img = h('img', { src: t.url, alt: '' });
             c.el.prepend(c.img);

@@ -4,6 +4,7 @@ import {
   OCCLUSION_KINDS, OCCLUSION_OPACITY, OCCLUSION_SIZES, OCCLUSION_STRIDES,
 } from '../config.js';
 import { classCounts, classRaster, extent, heatRaster, toHex, categorical, viridis } from '../colormap.js';
+import { figureFileName } from '../files.js';
 import { occlusionGridSide } from '../state.js';
 import { $, fmt, h, rebuild, showStatus } from './dom.js';
 
@@ -30,6 +31,7 @@ export function createOcclusionView(root = document) {
   const layer = $('[data-testid="occ-layer"]', root);
   const klass = $('[data-testid="occ-class"]', root);
   const run = $('[data-testid="occ-run"]', root);
+  const cancel = $('[data-testid="occ-cancel"]', root);
   const progress = $('[data-testid="occlusion-progress"]', root);
   const elapsed = $('.occ-elapsed', progress);
   const status = $('[data-testid="occlusion-status"]', root);
@@ -60,6 +62,7 @@ export function createOcclusionView(root = document) {
       close.addEventListener('click', () => handlers.closePanels());
       form.addEventListener('change', () => handlers.setOcclusionParams(params()));
       form.addEventListener('submit', (e) => { e.preventDefault(); handlers.runOcclusion(params()); });
+      cancel.addEventListener('click', () => { handlers.cancelOcclusion(); run.focus(); });
     },
     render(state, { model, layers }) {
       const open = state.panel === 'occlusion';
@@ -71,7 +74,7 @@ export function createOcclusionView(root = document) {
       if (o.status !== 'loading' && timer) { clearInterval(timer); timer = null; }
       if (!open) return;
 
-      const convs = layers.filter((l) => l.kind === 'conv');
+      const convs = layers.filter((l) => Array.isArray(l.shape) && l.shape.length === 3);
       rebuild(layer, convs.map((l) => l.name).join('|'), () => convs.map((l) => h('option', { value: l.name, text: l.name })));
       const classes = model ? model.classes : [];
       rebuild(klass, `${model && model.id}|${classes.length}`, () => [h('option', { value: '', text: 'the top-1 class' }),
@@ -82,8 +85,10 @@ export function createOcclusionView(root = document) {
       if (convs.some((l) => l.name === p.layer)) layer.value = p.layer;
       klass.value = p.class_index === null || p.class_index === undefined ? '' : String(p.class_index);
       run.disabled = o.status === 'loading' || !state.image;
+      cancel.hidden = o.status !== 'loading';
       progress.hidden = o.status !== 'loading';
       if (!state.image && o.status !== 'error') showStatus(status, { status: 'idle' }, { idle: 'Bring an image first.' });
+      else if (o.status === 'idle' && o.cancelled) showStatus(status, { status: 'idle' }, { idle: 'Cancelled: the server stops the job at its next batch.' });
       else showStatus(status, o, { loading: '' });
       if (o.status === 'loading') status.hidden = true;
       if (opening) size.focus();
@@ -109,7 +114,11 @@ export function createOcclusionView(root = document) {
           }
           return h('figure', { dataset: { testid: `occlusion-${k.id}` } },
             h('div', { class: 'stack' }, inputUrl ? h('img', { src: inputUrl, alt: '' }) : null, overlay),
-            h('figcaption', {}, `${caption} · `, h('a', { href: d.urls[k.id], target: '_blank', rel: 'noopener', text: 'PNG' })),
+            h('figcaption', {}, `${caption} · `, h('a', {
+              href: d.urls[k.id], class: 'download', dataset: { testid: `download-occlusion-${k.id}` },
+              download: figureFileName({ model: d.model, image: d.image_id, layer: d.layer, figure: `occlusion-${k.id}`, extra: `s${d.size}-${d.stride}` }),
+              text: 'Download',
+            })),
             extra);
         }).concat(h('p', { class: 'help', text: `${d.grid[0]}×${d.grid[1]} positions, ${d.size} px window, stride ${d.stride}.` }));
       });

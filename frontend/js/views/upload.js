@@ -46,6 +46,18 @@ export function createUploadView(root = document) {
         if (file) { e.preventDefault(); handlers.uploadFile(file); }
       });
       more.addEventListener('click', () => handlers.moreSamples());
+      // One Tab stop for the strip; arrows move between its images.
+      strip.addEventListener('keydown', (e) => {
+        const all = [...strip.querySelectorAll('.sample')];
+        const i = all.indexOf(e.target.closest('.sample'));
+        const j = { ArrowRight: i + 1, ArrowDown: i + 4, ArrowLeft: i - 1, ArrowUp: i - 4, Home: 0, End: all.length - 1 }[e.key];
+        if (i < 0 || j === undefined) return;
+        e.preventDefault();
+        e.stopPropagation();
+        const next = all[Math.min(all.length - 1, Math.max(0, j))];
+        for (const b of all) b.tabIndex = b === next ? 0 : -1;
+        next.focus();
+      });
     },
     render(state) {
       const u = state.upload;
@@ -69,9 +81,9 @@ export function createUploadView(root = document) {
       showStatus(stripStatus, s, { loading: 'Loading data-set images…' });
       more.disabled = s.status !== 'ok';
       const samples = s.status === 'ok' ? s.data.samples : [];
-      rebuild(strip, `${s.key}|${s.status}`, () => samples.map((sample) => h('button', {
-        type: 'button', class: 'sample', dataset: { testid: 'sample', index: sample.image_index },
-        title: `${sample.label} (data-set image ${sample.image_index}): use it`,
+      rebuild(strip, `${s.key}|${s.status}`, () => samples.map((sample, i) => h('button', {
+        type: 'button', class: 'sample', dataset: { testid: 'sample', index: sample.image_index }, tabindex: i ? '-1' : '0',
+        title: `${sample.label} (data-set image ${sample.image_index}): use it (arrow keys: the others)`,
         onclick: () => handlers.pickSample(sample),
       }, img(sample.url, sample.label))));
     },
