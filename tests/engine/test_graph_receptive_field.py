@@ -396,3 +396,17 @@ def test_flat_nets_give_the_sequential_engines_boxes():
             boxes = [input_box(children, i, y, x, hw, clip=False)
                      for y, x in [(y, 0) for y in range(size[0])] + [(0, x) for x in range(size[1])]]
             assert box_size(gm, name, hw) == (max(b - t for t, _, b, _ in boxes), max(r - l for _, l, _, r in boxes))
+
+
+@pytest.mark.parametrize("name, nodes, whole", [
+    ("squeezenet1_1", ["features.2", "features.3.cat", "features.5", "features.7.cat", "classifier.1"], set()),
+    ("densenet121", ["features.pool0", "features.denseblock1.denselayer2.cat", "features.transition1.pool",
+                     "features.denseblock2.denselayer3.relu2"], set()),
+    ("efficientnet_b0", ["features.1.0.block.0", "features.2.0.block.1", "features.2.1.add"],
+     {"features.2.0.block.1", "features.2.1.add"}),  # after squeeze-excitation gates
+    ("shufflenet_v2_x0_5", ["maxpool", "stage2.0.cat", "stage2.1.view_1", "stage3.0.cat"], set()),
+])
+def test_more_torchvision_nets(name, nodes, whole):
+    # fire modules' cats (squeezenet), dense cats and transition pools (densenet), gates and
+    # stochastic depth (efficientnet), chunk + channel shuffle through a 5-d view (shufflenet)
+    check(built(getattr(torchvision.models, name)), nodes, (64, 64), whole=whole)
