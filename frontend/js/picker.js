@@ -127,12 +127,17 @@ export function shortName(name, block) {
   return block && name.startsWith(`${block}.`) ? name.slice(block.length + 1) : name;
 }
 
-/** Does a layer match a query? Every space-separated term in its name or type, any case. */
+/**
+ * Does a layer match a query? Every space-separated term, any case, is part of its
+ * name, or is its type, or begins its type without digits ("conv" finds
+ * Conv2d, "batchnorm" BatchNorm2d; "conv2" finds only names, not every Conv2d).
+ */
 export function matches(info, query) {
   const terms = String(query ?? '').toLowerCase().split(/\s+/).filter(Boolean);
   if (!terms.length) return true;
-  const hay = `${info.name} ${info.type ?? ''} ${info.kind ?? ''}`.toLowerCase();
-  return terms.every((t) => hay.includes(t));
+  const name = String(info.name).toLowerCase();
+  const type = String(info.type ?? '').toLowerCase();
+  return terms.every((t) => name.includes(t) || t === type || (!/\d/.test(t) && type.startsWith(t)));
 }
 
 /** Groups narrowed to the matching layers, flattened (main then inner); empty groups dropped. */
