@@ -212,6 +212,19 @@ def test_untraceable_model_works_with_module_paths():
             assert_close(out[k], ref, f"untraceable {method} {layer}")
 
 
+def test_a_model_made_in_inference_mode_projects_on_both_routes():
+    """The server builds its models under ``torch.inference_mode``; autograd (the vjp rule,
+    the hook route) cannot use such tensors, so the engine's copy holds normal ones."""
+    with torch.inference_mode():
+        untraceable = init_model(Branchy())
+        tanhy = init_model(Tanhy())
+        for model, layer, size in ((untraceable, "c2", 16), (tanhy, "conv2", 12)):
+            eng = GraphEngine(model, (3, size, size))
+            rec = eng.forward(image(size=size))
+            for method in ("deconv", "backprop") if model is untraceable else ("backprop",):
+                assert float(eng.project(rec, layer, 1, method=method).abs().sum()) > 0
+
+
 # ------------------------------------------------------------------ 5. the sequential engine on ZFNet
 
 @pytest.mark.parametrize("norm", ["none", "lrn"])

@@ -73,10 +73,18 @@ class Traced:
 
 
 def private_copy(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` sharing its parameters and buffers, in eval mode, without
-    hooks and with every ``inplace`` flag off. ``module`` itself is not changed."""
-    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
-    root = copy.deepcopy(module, memo)
+    """A deep copy of ``module`` sharing its parameters and buffers (except tensors made in
+    inference mode, which are copied: autograd cannot use them), in eval mode, without hooks
+    and with every ``inplace`` flag off. ``module`` itself is not changed."""
+    memo = {}
+    with torch.inference_mode(False):
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_inference():  # made under inference mode: autograd (the vjp rule, the hook route) refuses it
+                c = t.clone()
+                memo[id(t)] = nn.Parameter(c, t.requires_grad) if isinstance(t, nn.Parameter) else c
+            else:
+                memo[id(t)] = t
+        root = copy.deepcopy(module, memo)
     for m in root.modules():
         for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
                       "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
