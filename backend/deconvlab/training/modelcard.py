@@ -73,16 +73,20 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
     return card
 
 
-def render_card(c: dict) -> str:
-    a, r = c["architecture"], c["recipe"]
-    lines = [
-        f"# {c['name']}",
-        "",
-        f"A ZFNet (Zeiler & Fergus 2013, Fig. 3) trained with deconvlab on Imagenette "
-        f"({len(c['classes'])} classes). **Val top-1: {c['val_top1'] * 100:.2f}%** on all "
-        f"{c['val_images']} val images.",
-        "",
-        "## Architecture",
+def _architecture(a: dict, r: dict) -> list[str]:
+    if a.get("arch") == "resnet18":
+        w = a.get("width", 1.0)
+        return [
+            f"- torchvision's ResNet-18 topology (He et al. 2016; `torchvision.models.resnet.ResNet` with "
+            f"`BasicBlock`, the same module names and forward code) at width {w}: stages of "
+            f"{', '.join(str(max(1, round(c * w))) for c in (64, 128, 256, 512))} channels, "
+            f"{a['num_classes']}-way fc; input {r['input_size']} px (any size works: a global average pool).",
+            "- Batch norm is kept (not folded): the graph engine treats it, in eval mode, as the linear "
+            "map it is. Each block's last batch norm started at zero (zero-init residual).",
+            "- Layers are named by module path (`layer3.1`, `layer1.0.conv1`) and torch.fx op names "
+            "(`layer1.0.add`, `layer1.0.relu_1`).",
+        ]
+    return [
         f"- ZFNet topology at width {a['width']} (conv filters "
         f"{', '.join(str(max(1, round(f * a['width']))) for f in (96, 256, 384, 384, 256))}), "
         f"fc6/fc7 {a['fc_size']} units, fc8 {a['num_classes']}-way; input {a['input_size']} px; "
@@ -92,13 +96,33 @@ def render_card(c: dict) -> str:
         "weights and biases (`norm: none`), so the deconvnet transposes plain filters. No LRN.",
         "- Adaptive average pooling to 6x6 before fc6: the identity at 224 px; it lets the early "
         "epochs run at smaller sizes (progressive resizing).",
+    ]
+
+
+def render_card(c: dict) -> str:
+    a, r = c["architecture"], c["recipe"]
+    what = "A ResNet-18" if a.get("arch") == "resnet18" else "A ZFNet (Zeiler & Fergus 2013, Fig. 3)"
+    lines = [
+        f"# {c['name']}",
+        "",
+        f"{what} trained with deconvlab on Imagenette. **Val top-1: {c['val_top1'] * 100:.2f}%** on all "
+        f"{c['val_images']} val images.",
+        "",
+        f"**It knows {len(c['classes'])} classes**, and only these: {', '.join(c['classes'])}. "
+        "Any other picture is still given one of them.",
+        "",
+        "## Architecture",
+        *_architecture(a, r),
         "",
         "## Recipe",
         f"- SGD, momentum {r['momentum']} (Nesterov: {r['nesterov']}), weight decay {r['weight_decay']}, "
         f"batch {r['batch_size']}, {r['epochs']} epochs, one-cycle schedule peaking at lr {r['lr']} "
         f"({r['warmup'] * 100:.0f}% warm-up).",
-        f"- The paper's filter renormalisation after every step (conv filter RMS capped at {r['renorm_rms']}), "
-        f"initial conv weights N(0, {r.get('init_std', 0.01)}), fc weights N(0, 0.01), biases 0, dropout 0.5 before fc6 and fc7.",
+        (f"- The paper's filter renormalisation after every step (conv filter RMS capped at {r['renorm_rms']}), "
+         f"initial conv weights N(0, {r.get('init_std', 0.01)}), fc weights N(0, 0.01), biases 0, dropout 0.5 "
+         "before fc6 and fc7." if r.get("arch", "zfnet") == "zfnet" else
+         "- torchvision's initialisation (Kaiming normal convs); no filter renormalisation (batch norm "
+         "makes a filter's scale irrelevant)."),
         f"- Label smoothing {r['label_smoothing']}; random-resized crops (area {r['crop_scale']}..1) "
         "and horizontal flips; images decoded once into memory.",
         f"- Progressive resizing: `{r['sizes']}` (px:fraction of epochs), the rest at {r['input_size']} px.",
