@@ -100,7 +100,7 @@ def test_405_lists_the_routes_real_methods_and_unknown_api_paths_are_json_404(cl
     r = client.delete(f"/api/images/{image_id}")
     assert r.status_code == 405 and r.headers["allow"] == "GET"
     r = client.get("/api/no/such/route")
-    assert r.status_code == 404 and r.json()["detail"].startswith("unknown API path: '/api/no/such/route'")
+    assert r.status_code == 404 and r.json()["detail"].startswith("Not Found: no API route at '/api/no/such/route'")
     assert client.get("/").status_code == 200  # the browser app is still served
 
 

@@ -11,7 +11,7 @@ request                                                answer
 =====================================================  ==============================================
 a path an API route has, with a method it does not     405 ``{"detail"}``, ``Allow`` = the methods of
                                                        every route on that path
-a path under ``/api`` that no route has                404 ``{"detail": "unknown API path: ..."}``
+a path under ``/api`` that no route has                404 ``{"detail": "Not Found: ..."}``
 =====================================================  ==============================================
 """
 
@@ -50,7 +50,8 @@ def install(app: FastAPI, prefix: str = "/api") -> None:
         if allow:
             return JSONResponse({"detail": f"method {request.method} not allowed on {echo(path)}: expected "
                                            f"{', '.join(allow)}"}, status_code=405, headers={"Allow": ", ".join(allow)})
-        return JSONResponse({"detail": f"unknown API path: {echo(path)} (the routes: /docs)"}, status_code=404)
+        return JSONResponse({"detail": f"Not Found: no API route at {echo(path)} (the routes: /docs)"},
+                            status_code=404)
 
     app.add_api_route(prefix + "/{rest:path}", unmatched, methods=METHODS, name=NAME,
                       include_in_schema=False)

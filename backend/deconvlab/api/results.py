@@ -36,8 +36,9 @@ _ID_RE = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")
 class OcclusionStore:
     """Occlusion results as files under ``root`` (see the module doc)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, disk=None):
         self.root = Path(root)
+        self.disk = disk  # disk_cache.DiskCache: a read or a write marks the result used
 
     @staticmethod
     def key(model: str, image_id: str, size: int, stride: int, layer: str, class_index: int | None) -> str:
@@ -57,6 +58,8 @@ class OcclusionStore:
                 arrays = {k: z[k] for k in KINDS}
         except FileNotFoundError:
             return None
+        if self.disk is not None:
+            self.disk.touch(js)
         return meta, arrays
 
     def put(self, oid: str, meta: dict, arrays: dict) -> None:
@@ -65,3 +68,5 @@ class OcclusionStore:
         np.savez(buf, **{k: arrays[k] for k in KINDS})
         _atomic_write(npz, buf.getvalue())
         _atomic_write(js, json.dumps(meta).encode())  # last: the commit point
+        if self.disk is not None:
+            self.disk.touch(js)

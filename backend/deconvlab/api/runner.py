@@ -131,6 +131,7 @@ class Runner:
         self.seconds_per_pass = 0.0  # measured (moving average over finished jobs)
         self.rejected = 0  # QueueFull answers so far
         self.done = 0  # jobs finished so far
+        self.passes = 0  # their estimated forward passes
         self.cancelled = 0  # jobs stopped (or never started) because their client went away
 
     def _job(self, fn, args, kwargs, cost: int, cancel: threading.Event | None):
@@ -152,6 +153,7 @@ class Runner:
                 self.pending -= 1
                 self.pending_passes -= cost
                 self.done += 1
+                self.passes += cost
                 self.seconds_per_pass = per_pass if not self.seconds_per_pass else (
                     0.8 * self.seconds_per_pass + 0.2 * per_pass)
 

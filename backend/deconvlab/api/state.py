@@ -9,6 +9,7 @@ field              what it is
 ``settings``       the ``Settings`` the app was made with
 ``runner``         the inference thread, its cost budget and its record cache
 ``store``          uploaded images (``storage.ImageStore``)
+``disk``           the bound on the on-disk caches (``disk_cache.DiskCache``)
 ``occlusions``     stored occlusion results (``results.OcclusionStore``)
 ``evolutions``     scanned training snapshots (``evolution_cache.EvolutionCache``)
 ``models``         model id -> ``ModelSlot`` (its ``Net``, its top-k index or why none)
@@ -22,16 +23,21 @@ beyond the HTTP errors it raises.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
+from .disk_cache import DiskCache
 from .errors import ModelUnavailable, NotFound, Unprocessable, echo
 from .evolution_cache import EvolutionCache
 from .results import OcclusionStore
 from .runner import Runner
 from .storage import ImageStore
+from .sweep import sweep
+
+log = logging.getLogger("deconvlab.api")
 
 
 @dataclass
@@ -48,7 +54,8 @@ class ModelSlot:
         for d in self.info:
             if d["name"] == layer:
                 return d
-        raise NotFound(f"unknown layer: {echo(layer)} (model {self.name!r} has {', '.join(d['name'] for d in self.info)})")
+        names = ", ".join(d["name"] for d in self.info)
+        raise NotFound(f"unknown layer: {echo(layer)} (model {self.name!r} has {names})")
 
     def unit(self, layer: str, unit: int) -> dict:
         d = self.layer(layer)
@@ -67,9 +74,14 @@ class AppState:
         self.settings = settings
         self.runner = Runner(settings.queue_size, settings.retry_after_s, settings.cache_bytes, settings.queue_passes)
         root = settings.state_path()
-        self.store = ImageStore(root / "uploads", settings.max_pixels)
-        self.occlusions = OcclusionStore(root / "occlusions")
-        self.evolutions = EvolutionCache(root / "evolution")
+        self.store = ImageStore(root / "uploads", settings.max_pixels, settings.max_aspect)
+        self.swept = sweep(root)  # what a killed server left (sweep.py)
+        for path in self.swept:
+            log.warning("start-up sweep: removed the leftover %s", path)
+        self.disk = DiskCache(root, settings.disk_cache_bytes, ("occlusions", "evolution"))
+        self.disk.enforce()
+        self.occlusions = OcclusionStore(root / "occlusions", self.disk)
+        self.evolutions = EvolutionCache(root / "evolution", settings.evolution_max_n, self.disk)
         self.models: dict[str, ModelSlot] = {}
         self.default = ""
         self.split = None  # data.Split of the data set, when one is configured

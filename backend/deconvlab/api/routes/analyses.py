@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from ..deps import Model, Split, State
@@ -28,7 +28,8 @@ from ..png import PNG_HEADERS, png_bytes
 router = APIRouter(tags=["analyses"])
 
 DEFAULT_N = 500
-N = Annotated[int | None, Query(description="data-set images searched (default 500, at most the data set)")]
+N = Annotated[int | None, Query(description="data-set images searched: the first n of the seed's draw (default "
+                                            "500; at most the data set and DECONVLAB_EVOLUTION_MAX_N)")]
 Seed = Annotated[int, Query(description="seed of the image subset")]
 
 
@@ -51,25 +52,26 @@ class Evolution(BaseModel):
     snapshots: list[EvolutionSnapshot]
 
 
-def _subset(split, n: int | None, seed: int) -> int:
-    total = len(split)
-    n = min(DEFAULT_N, total) if n is None else n
-    if not 1 <= n <= total:
-        raise Unprocessable(f"n: expected 1..{total} (the data set's images), got {echo(n)}")
+def _subset(state, split, n: int | None, seed: int) -> int:
+    top = min(len(split), state.settings.evolution_max_n)
+    n = min(DEFAULT_N, top) if n is None else n
+    if not 1 <= n <= top:
+        raise Unprocessable(f"n: expected 1..{top} (the data set's images, at most DECONVLAB_EVOLUTION_MAX_N), "
+                            f"got {echo(n)}")
     if seed < 0:
         raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
     return n
 
 
 @router.get("/layers/{layer}/units/{unit}/evolution", response_model=Evolution)
-async def evolution(state: State, slot: Model, split: Split, layer: Layer, unit: Unit, n: N = None,
-                    seed: Seed = 0) -> Evolution:
+async def evolution(request: Request, state: State, slot: Model, split: Split, layer: Layer, unit: Unit,
+                    n: N = None, seed: Seed = 0) -> Evolution:
     """Fig. 4: the unit's strongest activation over ``n`` data-set images at each training snapshot."""
     slot.unit(layer, unit)
-    n = _subset(split, n, seed)
-    scan = await state.evolutions.get(state, slot, n, seed)
+    n = _subset(state, split, n, seed)
+    _, view = await state.evolutions.get(state, slot, n, seed, request)
     with library_errors():
-        steps = scan.ev.unit(layer, unit)
+        steps = view.unit(layer, unit)
     labels, targets = split.labels, split.targets
     q = f"{model_query(slot)}&n={n}&seed={seed}"
     return Evolution(model=slot.name, layer=layer, unit=unit, images=n, seed=seed, snapshots=[EvolutionSnapshot(
@@ -80,16 +82,17 @@ async def evolution(state: State, slot: Model, split: Split, layer: Layer, unit:
 
 @router.get("/layers/{layer}/units/{unit}/evolution/{epoch}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-async def evolution_png(state: State, slot: Model, split: Split, layer: Layer, unit: Unit,
+async def evolution_png(request: Request, state: State, slot: Model, split: Split, layer: Layer, unit: Unit,
                         epoch: Annotated[int, Path(description="a snapshot's epoch")],
                         n: N = None, seed: Seed = 0) -> Response:
     """The deconvnet projection of the unit's strongest activation at ``epoch``, cropped to its receptive field."""
     slot.unit(layer, unit)
-    scan = await state.evolutions.get(state, slot, _subset(split, n, seed), seed)
-    body = scan.png.get((layer, unit, epoch))
+    n = _subset(state, split, n, seed)
+    scan, view = await state.evolutions.get(state, slot, n, seed, request)
+    body = scan.png.get((n, layer, unit, epoch))
     if body is None:
-        body = await state.runner.run(_projection_png, scan.ev, layer, unit, epoch)
-        scan.remember((layer, unit, epoch), body)
+        body = await state.runner.run(_projection_png, view, layer, unit, epoch)
+        scan.remember((n, layer, unit, epoch), body)
     return Response(body, media_type="image/png", headers=PNG_HEADERS)
 
 

@@ -32,8 +32,8 @@ def _check(slot, req: OcclusionRequest, budget: int) -> int:
     with library_errors():
         passes = occlusion_passes(S, S, req.size, req.stride)
     if passes > budget:
-        raise Unprocessable(f"occlusion with size {echo(req.size)} and stride {echo(req.stride)} needs {passes} forward "
-                            f"passes; the budget is {budget} (use a larger stride or square)")
+        raise Unprocessable(f"occlusion with size {echo(req.size)} and stride {echo(req.stride)} needs {passes} "
+                            f"forward passes; the budget is {budget} (use a larger stride or square)")
     n = slot.info[-1]["channels"]
     if req.class_index is not None and not 0 <= req.class_index < n:
         raise Unprocessable(f"class_index: expected 0..{n - 1}, got {echo(req.class_index)}")
