@@ -30,7 +30,7 @@ const views = {
   keyboard: createKeyboardView({
     columns: () => layers.columns(),
     afterMove: () => layers.focusSelected(),
-    afterLayerMove: () => picker.focusSelected(controller.get()),
+    afterLayerMove: (onTab) => (onTab ? picker.focusSelected(controller.get()) : layers.focusGrid()),
   }),
 };
 

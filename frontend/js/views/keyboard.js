@@ -1,5 +1,6 @@
 // Keys for the whole page: arrows move between units, [ and ] between layers
-// (focus goes to the new layer's tab unless it was in the grid), Esc closes panels.
+// (focus goes to the new layer's tab when it was on a tab, else to the unit grid,
+// so the arrows go on moving units), Esc closes panels.
 // The layer picker, the feature map and the sample strip handle their own arrows
 // (and stop them here).
 const TYPING = new Set(['INPUT', 'SELECT', 'TEXTAREA']);
@@ -21,9 +22,9 @@ export function createKeyboardView({
           afterMove(); // focus follows the keyboard to the chosen unit
         } else if (e.key === '[' || e.key === ']') {
           e.preventDefault();
-          const inGrid = !!(t && t.closest && t.closest('[data-testid=units]'));
+          const onTab = !!(t && t.getAttribute && t.getAttribute('role') === 'tab');
           handlers.moveLayer(e.key === '[' ? -1 : 1);
-          if (!inGrid) afterLayerMove(); // never strand focus on the body
+          afterLayerMove(onTab); // focus: the new layer's tab, else the grid; never the body
         }
       });
     },

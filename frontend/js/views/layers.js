@@ -49,6 +49,12 @@ export function createLayersView(root = document) {
       const c = cells.get(selected);
       if (c) { c.el.focus({ preventScroll: true }); c.el.scrollIntoView({ block: 'nearest' }); }
     },
+    /** Focus the chosen unit's cell, else the grid itself (after [ or ]: arrows keep moving units). */
+    focusGrid() {
+      const c = cells.get(selected);
+      if (c) c.el.focus({ preventScroll: true });
+      else grid.focus({ preventScroll: true });
+    },
     /** Columns the grid shows now (for up/down arrows). */
     columns() {
       const first = grid.firstElementChild;
