@@ -30,7 +30,6 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from .._util import atomic_npz
 from ..data import Split, decoded, list_split
 from ..index.scan import LayerInfo, index_layers, scan
 from ..nets import load_checkpoint, models_dir, read_registry
+from .report import write_report
 
 SNAPSHOT_RE = re.compile(r"^epoch-(\d+)\.safetensors$")
 
@@ -393,12 +393,9 @@ def evolution_strip(ev: Evolution, units: Sequence[tuple[str, int]], cell: int =
 def write_evolution(ev: Evolution, units: Sequence[tuple[str, int]], out: str | Path, meta: dict | None = None,
                     progress: bool = False) -> dict:
     """Write ``evolution.png`` (the strips) and ``evolution.json`` (the numbers) into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sheet, numbers = evolution_strip(ev, units, progress=progress)
     numbers.update(meta or {})
-    sheet.save(out / "evolution.png")
-    (out / "evolution.json").write_text(json.dumps(numbers, indent=2) + "\n")
+    write_report(out, "evolution", sheet, numbers)
     return numbers
 
 
