@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import io
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from deconvlab.api import Settings, create_app
+from test_api_routes import png_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CAP = 4000
-
-
-def png_of(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")

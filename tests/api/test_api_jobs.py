@@ -3,7 +3,6 @@ abandoned occlusion that stops (its stored results do not grow after the client 
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 import time
@@ -11,18 +10,12 @@ import time
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from deconvlab.api import Settings, create_app
+from test_api_routes import png_of
 from deconvlab.api.runner import Cancelled, QueueFull, Runner, check_cancelled
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def png_of(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def test_runner_admits_by_passes_not_jobs():

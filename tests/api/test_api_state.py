@@ -11,7 +11,6 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from conftest import small_zfnet_module
 from deconvlab.api import Settings, create_app
