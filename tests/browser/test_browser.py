@@ -2,8 +2,13 @@
 
 One server for the module, started as a subprocess on a free loopback port,
 with its own models folder (a small random-weight ZFNet named
-``zfnet-imagenette``), a tiny generated ImageFolder data set and its top-k
-index, so nothing here depends on training or on the shared data. The image
+``zfnet-imagenette``, and ``tiny-resnet``: torchvision's resnet18 with seeded
+random weights at 64 px, registered with ``user_models.register`` as a user
+would, so the app meets a graph model of 80+ layers), a tiny generated
+ImageFolder data set and the ZFNet's top-k index, so nothing here depends on
+training or on the shared data. axe-core (``tests/browser/node_modules``,
+``make browser-deps``) checks the main states for serious or critical
+accessibility violations, desktop and phone, light and dark. The image
 the test uploads is a real Imagenette JPEG when ``$DECONVLAB_DATA`` has one,
 else a generated picture.
 
@@ -81,7 +86,33 @@ def _not_blank(png: Path, min_std: float = 8.0) -> float:
 def _has_serve() -> bool:
     from deconvlab import cli
 
-    return any(getattr(f, "__name__", "") == "add_serve" for f in getattr(cli, "COMMANDS", []))
+    return "serve" in getattr(cli, "COMMANDS", {})
+
+
+TINY_RESNET = "tiny-resnet"
+AXE = REPO / "tests" / "browser" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def _register_tiny_resnet(models: Path) -> None:
+    """torchvision's resnet18 (3 classes, seeded random weights, 64 px) as a user's registry entry."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from deconvlab.nets.user_models import register
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None, num_classes=3).eval()
+    weights = models / "tiny-resnet.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    register(TINY_RESNET, "torchvision:resnet18", weights=weights, classes=["tench", "springer", "cassette"],
+             input_size=64, models_dir=models)
+
+
+def _served_graph_model(server: str) -> dict | None:
+    """The tiny ResNet as /api/models lists it, or None when this server does not serve it."""
+    models = httpx.get(f"{server}/api/models").json()["models"]
+    return next((m for m in models if m["id"] == TINY_RESNET), None)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +135,7 @@ def server(tmp_path_factory):
         "default": "zfnet-imagenette",
         "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors"}},
     }))
+    _register_tiny_resnet(models)
     data = _tiny_imagefolder(root / "data")
     env = {
         **os.environ,
@@ -337,3 +369,214 @@ def test_keyboard_panels_drop_and_messages(server, page, tmp_path):
     page.goto(f"{server}/#image={missing}&layer=conv1")
     page.wait_for_selector("[data-testid=input-status].error")
     assert detail in page.inner_text("[data-testid=input-status]")
+
+
+def _graph_model_or_skip(server: str) -> dict:
+    m = _served_graph_model(server)
+    if m is None:
+        pytest.skip(f"this server does not serve {TINY_RESNET!r} (a graph model): the picker's grouping needs one")
+    return m
+
+
+def test_graph_model_picker_search_unit_and_deep_link(server, page, tmp_path):
+    """A ResNet's 80+ layers: grouped by stage, block outputs first, the filter box finds layer3.1."""
+    model = _graph_model_or_skip(server)
+    page.goto(server + "/")
+    page.wait_for_selector("[data-testid=sample] img")
+    page.click("[data-testid=sample] >> nth=0")
+    page.wait_for_function("() => window.deconvlab.state().imageInfo.status === 'ok'")
+    image = _state(page)["image"]
+    page.click("[data-testid=layer-tab][data-layer=conv2]")
+
+    # Switch model: the image stays; conv2 is no ResNet layer, so one as deep is picked.
+    page.select_option("[data-testid=model-select]", TINY_RESNET)
+    page.wait_for_function("m => window.deconvlab.state().model === m", arg=TINY_RESNET)
+    st = _state(page)
+    assert st["image"] == image
+    names = [l["name"] for l in model["layers"]]
+    assert st["layer"] in names
+    assert f"model={TINY_RESNET}" in page.url
+
+    # Grouping: the stages as the API's parents say, each showing its block outputs; inner layers hidden.
+    stages = sorted({l["name"] for l in model["layers"] if l["parent"] is None and any(
+        m["parent"] == l["name"] for m in model["layers"])})
+    shown = page.locator(".layer-group .group-label").all_inner_texts()
+    for s in stages:
+        assert any(t.startswith(s) for t in shown), (s, shown)
+    assert page.locator("[data-testid=layer-tab][data-layer='layer3.1']").count() == 1
+    assert page.locator("[data-testid=layer-tab][data-layer='layer3.1.conv1']").count() == 0
+    assert page.locator("[data-testid=layer-tab]").count() < len(names) / 2
+
+    # The filter box finds layer3.1's inner layers; Enter picks the first match.
+    page.fill("[data-testid=layer-search]", "layer3.1")
+    page.wait_for_selector("[data-testid=layer-tab][data-layer='layer3.1.relu_1']")
+    want = [n for n in names if "layer3.1" in n]
+    got = page.locator("[data-testid=layer-tab]").evaluate_all("els => els.map(e => e.dataset.layer)")
+    assert got == want
+    page.fill("[data-testid=layer-search]", "no-such-layer")
+    page.wait_for_function("() => document.querySelector('[data-testid=layer-search-status]').textContent.startsWith('No layer')")
+    page.fill("[data-testid=layer-search]", "layer3.1")
+    page.press("[data-testid=layer-search]", "Enter")
+    page.wait_for_function("() => window.deconvlab.state().layer === 'layer3.1.conv1'")
+    page.fill("[data-testid=layer-search]", "")
+
+    # Arrow keys on the tabs move the selection and the focus together.
+    page.focus("[data-testid=layer-tab][aria-selected=true]")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("() => window.deconvlab.state().layer === 'layer3.1.bn1'")
+    assert page.evaluate("document.activeElement.dataset.layer") == "layer3.1.bn1"
+
+    # The block output, a unit: its projection; shot for a person to look at.
+    page.click("[data-testid=layer-tab][data-layer='layer3.1']")
+    page.wait_for_selector("[data-testid=unit][data-unit='5']")
+    units = httpx.get(f"{server}/api/images/{image}/layers/layer3.1", params={"model": TINY_RESNET}).json()["units"]
+    assert page.locator("[data-testid=unit]").count() == len(units)
+    page.click("[data-testid=unit][data-unit='5']")
+    _wait_img(page, ".projection-img")
+    top = httpx.get(f"{server}/api/layers/layer3.1/units/5/top", params={"model": TINY_RESNET})
+    if top.status_code == 200:
+        _wait_gallery(page, len(top.json()["entries"]))
+    else:  # no index for this model here: the pane says the server's words
+        page.wait_for_selector("[data-testid=topk-status].error")
+        assert top.json()["detail"] in page.inner_text("[data-testid=topk-status]")
+    page.screenshot(path=str(tmp_path / "resnet.png"), full_page=True)
+    _not_blank(tmp_path / "resnet.png")
+
+    # The deep link with dots in the layer name comes back whole.
+    deep = page.url
+    assert "layer=layer3.1&" in deep or deep.endswith("layer=layer3.1") or "layer=layer3.1&unit=5" in deep
+    page.reload()
+    _wait_img(page, ".projection-img")
+    assert page.url == deep
+    assert _state(page)["layer"] == "layer3.1" and _state(page)["unit"] == 5
+    assert page.locator("[data-testid=layer-tab][aria-selected=true]").get_attribute("data-layer") == "layer3.1"
+
+
+def test_lazy_thumbnails_and_explanations(server, page):
+    """A 256- or 512-map layer asks only for the thumbnails on screen; the controls explain themselves."""
+    model = _graph_model_or_skip(server)
+    big = max((l for l in model["layers"] if len(l["shape"]) == 3), key=lambda l: l["channels"])
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url) if "/map.png" in r.url and "size=64" in r.url else None)
+    page.goto(server + "/")
+    page.wait_for_selector("[data-testid=sample] img")
+    page.click("[data-testid=sample] >> nth=1")
+    page.wait_for_function("() => window.deconvlab.state().imageInfo.status === 'ok'")
+    image = _state(page)["image"]
+    page.goto(f"{server}/#model={TINY_RESNET}&image={image}&layer={big['name']}")
+    page.wait_for_selector(f"[data-testid=unit][data-unit='{big['channels'] - 1}']")
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=unit] img').length > 0")
+    page.wait_for_timeout(500)
+    first = len(requested)
+    assert 0 < first < big["channels"] / 2, f"{first} thumbnails asked for {big['channels']} maps"
+    page.locator(f"[data-testid=unit][data-unit='{big['channels'] - 1}']").scroll_into_view_if_needed()
+    page.wait_for_function(f"() => !!document.querySelector(\"[data-testid=unit][data-unit='{big['channels'] - 1}'] img\")")
+    assert any(f"/units/{big['channels'] - 1}/map.png" in u for u in requested)
+
+    # Sorted by activation on request: the strongest first.
+    page.select_option("[data-testid=sort]", "activation")
+    page.wait_for_function("() => document.querySelector('[data-testid=unit]')?.classList.contains('strongest')")
+
+    # Classes named beside the predictions; method and seed explained, with the paper's section.
+    assert f"knows {len(model['classes'])} classes" in page.inner_text("[data-testid=model-classes]")
+    page.click("[data-testid=unit] >> nth=0")
+    explain = page.inner_text("[data-testid=explain]")
+    assert "Deconvnet" in explain and "Point seed" in explain and "Sec. 2.1" in explain
+    page.click("[data-testid=method-guided]")
+    assert "Guided backprop" in page.inner_text("[data-testid=explain]")
+
+
+def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page):
+    page.goto(server + "/")
+    page.wait_for_selector("[data-testid=sample] img")
+    # One Tab stop for the sample strip: arrows move inside it.
+    assert page.locator("[data-testid=sample][tabindex='0']").count() == 1
+    page.focus("[data-testid=sample] >> nth=0")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.closest('[data-testid=sample]') === document.querySelectorAll('[data-testid=sample]')[1]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("[data-testid=prediction]")
+    image = _state(page)["image"]
+    classes = httpx.get(f"{server}/api/models").json()["models"]
+    zf = next(m for m in classes if m["id"] == "zfnet-imagenette")
+    summary = page.inner_text("[data-testid=model-classes]")
+    assert f"knows {len(zf['classes'])} classes" in summary and zf["classes"][0] in summary
+
+    page.click("[data-testid=layer-tab][data-layer=conv2]")
+    page.click("[data-testid=unit][data-unit='3']")
+    _wait_img(page, ".projection-img")
+    u = httpx.get(f"{server}/api/images/{image}/layers/conv2/units/3").json()
+    page.wait_for_function("() => /row \\d+, column \\d+/.test(document.querySelector('[data-testid=unit-status]').textContent)")
+    assert f"row {u['position'][0]}, column {u['position'][1]}" in page.inner_text("[data-testid=unit-status]")
+    # Ranks 1..9 on the gallery.
+    _wait_gallery(page, 9)
+    assert page.locator("[data-testid=topk-patch] .rank").all_inner_texts() == [str(i) for i in range(1, 10)]
+
+    # Downloads: a file name with model, image, layer, unit and method.
+    with page.expect_download() as dl:
+        page.click("[data-testid=download-projection]")
+    name = dl.value.suggested_filename
+    assert name.startswith(f"zfnet-imagenette_{image[:12]}_conv2_unit3_deconv-point") and name.endswith("_projection.png"), name
+    # The receptive-field crop of the point seed's projection.
+    page.wait_for_selector("[data-testid=projection-crop]:not([hidden])")
+    assert "Receptive field" in page.inner_text("[data-testid=projection-crop]")
+
+    # The feature map takes arrow keys: a position from the keyboard.
+    page.focus(".map-stack")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("() => window.deconvlab.state().position !== null")
+    # [ and ] keep focus off the body (and keep the unit when the layer has it).
+    page.focus("[data-testid=layer-tab][aria-selected=true]")
+    page.keyboard.press("]")
+    page.wait_for_function("() => window.deconvlab.state().layer === 'conv3'")
+    assert _state(page)["unit"] == 3
+    assert page.evaluate("document.activeElement.dataset.layer") == "conv3"
+    # Esc closes a panel and returns focus to its button.
+    page.click("[data-testid=open-filters]")
+    page.wait_for_selector("[data-testid=filters]:not([hidden])")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("[data-testid=filters]", state="hidden")
+    assert page.evaluate("document.activeElement.dataset.testid") == "open-filters"
+
+    # A link to an image this server lacks: in words, with the upload offered.
+    page.goto(f"{server}/#image={'0' * 24}&layer=conv1")
+    page.wait_for_selector("[data-testid=input-status].error")
+    text = page.inner_text("[data-testid=input-status]")
+    assert "not on this server" in text and "choose the picture again" in text
+
+
+def _axe(page, label: str) -> list[str]:
+    page.add_script_tag(path=str(AXE))
+    res = page.evaluate("""() => axe.run(document, {resultTypes: ['violations']}).then(r => r.violations
+        .filter(v => v.impact === 'serious' || v.impact === 'critical')
+        .map(v => `${v.id} (${v.impact}): ${v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')}`))""")
+    return [f"{label}: {r}" for r in res]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_accessibility_axe(server, browser, scheme):
+    if not AXE.exists():
+        pytest.skip(f"{AXE} is absent: `make browser-deps` (npm ci --prefix tests/browser) installs axe-core")
+    found: list[str] = []
+    for label, viewport in (("desktop", {"width": 1400, "height": 1000}), ("phone", {"width": 390, "height": 844})):
+        ctx = browser.new_context(viewport=viewport, color_scheme=scheme)
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(server + "/")
+        pg.wait_for_selector("[data-testid=sample] img")
+        found += _axe(pg, f"{scheme} {label} start")
+        pg.click("[data-testid=sample] >> nth=0")
+        pg.wait_for_selector("[data-testid=prediction]")
+        pg.click("[data-testid=layer-tab][data-layer=conv2]")
+        pg.click("[data-testid=unit][data-unit='1']")
+        _wait_img(pg, ".projection-img")
+        found += _axe(pg, f"{scheme} {label} unit")
+        if _served_graph_model(server):
+            pg.select_option("[data-testid=model-select]", TINY_RESNET)
+            pg.wait_for_selector("[data-testid=layer-more]")
+            pg.click("[data-testid=layer-more] >> nth=1")
+            found += _axe(pg, f"{scheme} {label} resnet picker")
+        pg.click("[data-testid=open-occlusion]")
+        found += _axe(pg, f"{scheme} {label} occlusion panel")
+        ctx.close()
+    assert not found, "serious or critical axe violations:\n" + "\n".join(found)
