@@ -97,6 +97,47 @@ def multiply_adds(eng: GraphEngine, rec, layer: str | None) -> int:
     return total
 
 
+def error_vs_captum(ours: torch.Tensor, captum, value: list[float]) -> float:
+    """Largest relative difference of ours from Captum's x the activation, over a few units."""
+    errs = []
+    for i in range(0, len(value), max(1, len(value) // 4)):
+        ref = captum(i) * value[i]
+        errs.append(float((ours[i] - ref).abs().max()) / max(float(ref.abs().max()), 1e-30))
+    return max(errs)
+
+
+def runs_for(eng, rec, x, layer, units, items, captum) -> dict:
+    return {
+        "forward": lambda: eng.forward(x),
+        "ours_one": lambda: eng.project(rec, layer, units[0], method="guided"),
+        "captum_one": lambda: captum(0),
+        "ours_many": lambda: eng.project_many(rec, items, method="guided"),
+        "captum_many": lambda: [captum(i) for i in range(len(units))],
+    }
+
+
+def measure(runs: dict, reps: int) -> dict:
+    """Median seconds of each run, the order rotating every repetition."""
+    times = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(reps):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(timed(runs[name]))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_table(r: dict) -> None:
+    print(f"forward pass: {r['forward_ms']:.0f} ms ({r['forward_gmac']:.2f} GMAC, {r['gmac_per_s_forward']:.1f} "
+          f"GMAC/s), {r['threads']} thread(s), load average {r['load_average']:.1f}; trace {r['trace_s']:.2f} s")
+    print()
+    print("| layer | ours, 1 unit | Captum, 1 call | ratio | floor | ours, K units | Captum, K calls | ratio | "
+          "floor | K |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| {r['layer']} | {r['ours_one_ms']:.0f} ms | {r['captum_one_ms']:.0f} ms | **{r['ratio_one']:.1f}x** | "
+          f"{r['floor_one_ms']:.0f} ms | {r['ours_many_ms']:.0f} ms | {r['captum_many_ms']:.0f} ms | "
+          f"**{r['ratio_many']:.1f}x** | {r['floor_many_ms']:.0f} ms | {r['units']} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (medians)")
@@ -138,29 +179,12 @@ def main(argv=None) -> int:
     def captum(i):
         return ngb.attribute(x, neuron_selector=sel[i])[0]
 
-    ours = eng.project_many(rec, items, method="guided")
-    errs = []
-    for i in range(0, len(units), max(1, len(units) // 4)):
-        ref = captum(i) * value[i]
-        errs.append(float((ours[i] - ref).abs().max()) / max(float(ref.abs().max()), 1e-30))
-    rel_err = max(errs)
+    rel_err = error_vs_captum(eng.project_many(rec, items, method="guided"), captum, value)
     if not rel_err < 1e-4:
         print(f"{a.layer}: projections differ from Captum's (relative error {rel_err:.1e})", file=sys.stderr)
         return 1
 
-    runs = {
-        "forward": lambda: eng.forward(x),
-        "ours_one": lambda: eng.project(rec, a.layer, units[0], method="guided"),
-        "captum_one": lambda: captum(0),
-        "ours_many": lambda: eng.project_many(rec, items, method="guided"),
-        "captum_many": lambda: [captum(i) for i in range(len(units))],
-    }
-    times = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(a.reps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name].append(timed(runs[name]))
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = measure(runs_for(eng, rec, x, a.layer, units, items, captum), a.reps)
 
     fwd_macs = multiply_adds(eng, rec, None)
     bwd_macs = multiply_adds(eng, rec, a.layer)
@@ -189,16 +213,7 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     print()
-    r = result
-    print(f"forward pass: {r['forward_ms']:.0f} ms ({r['forward_gmac']:.2f} GMAC, {r['gmac_per_s_forward']:.1f} "
-          f"GMAC/s), {r['threads']} thread(s), load average {r['load_average']:.1f}; trace {r['trace_s']:.2f} s")
-    print()
-    print("| layer | ours, 1 unit | Captum, 1 call | ratio | floor | ours, K units | Captum, K calls | ratio | "
-          "floor | K |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {a.layer} | {r['ours_one_ms']:.0f} ms | {r['captum_one_ms']:.0f} ms | **{r['ratio_one']:.1f}x** | "
-          f"{r['floor_one_ms']:.0f} ms | {r['ours_many_ms']:.0f} ms | {r['captum_many_ms']:.0f} ms | "
-          f"**{r['ratio_many']:.1f}x** | {r['floor_many_ms']:.0f} ms | {len(units)} |")
+    print_table(result)
     return 0
 
 

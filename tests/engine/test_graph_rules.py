@@ -248,3 +248,29 @@ def test_flat_zfnet_matches_the_sequential_engine(norm):
             gra = eng.project_many(rec_g, [(layers[p], u, None) for p, u in units.items()], method=method, seed=seed)
             for k, paper in enumerate(units):
                 assert_close(gra[k], seq[k], f"zfnet({norm}) {method} {seed} {paper}", rtol=1e-5)
+
+
+# ------------------------------------------------------------------ 6. the conv rule's two kernels
+
+@pytest.mark.parametrize("cin,cout,k,s,p,size", [(3, 64, 7, 2, 3, 32), (3, 8, 11, 4, 2, 37), (1, 8, 5, 1, 2, 28),
+                                                 (3, 16, 3, 2, 0, 10), (16, 8, 3, 2, 1, 9)])
+def test_sparse_and_polyphase_transposed_convs_are_the_gradient(cin, cout, k, s, p, size):
+    from deconvlab.engine.graph_kernels import phase_conv_transpose, sparse_conv_transpose
+
+    gen = torch.Generator().manual_seed(k)
+    w = torch.randn((cout, cin, k, k), generator=gen)
+    x = torch.randn((2, cin, size, size), generator=gen, requires_grad=True)
+    y = F.conv2d(x, w, None, s, p)
+    one = torch.zeros_like(y)  # one channel per item: a point, and a whole map
+    one[0, 3, 1, 2] = 2.0
+    one[1, 5] = torch.randn(y.shape[-2:], generator=gen)
+    dense = torch.randn(y.shape, generator=gen)
+    for g in (one, dense):
+        (ref,) = torch.autograd.grad(y, x, g, retain_graph=True)
+        if cin <= 4:
+            assert torch.allclose(phase_conv_transpose(g, w, s, (p, p), (size, size)), ref, rtol=1e-4, atol=1e-4)
+        sparse = sparse_conv_transpose(g, w, (s, s), (p, p), (size, size))
+        if g is dense:
+            assert sparse is None  # a dense signal is left to the dense kernels
+        else:
+            assert torch.allclose(sparse, ref, rtol=1e-5, atol=1e-5)

@@ -102,7 +102,7 @@ class GraphEngine:
     """Projections for any ``nn.Module`` CNN (see the module docstring)."""
 
     max_batch = 64  # items per backward pass
-    budget_elements = 32 << 20  # K is cut so that K x the largest map (per item) stays under this (128 MB)
+    budget_elements = 8 << 20  # K is cut so that K x the largest map (per item) stays under this (32 MB)
 
     def __init__(self, module: nn.Module, input_shape: tuple[int, int, int]):
         if not isinstance(module, nn.Module):

@@ -79,6 +79,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 
+from .graph_kernels import PHASE_MAX_CHANNELS, phase_conv_transpose, sparse_conv_transpose
+
 
 class UnsupportedOp(TypeError):
     """An op with no ``deconv``/``guided`` rule was reached by the backward signal."""
@@ -248,62 +250,13 @@ def conv_rule(node, g, ctx):
     op = [hin + 2 * pd[0] - dl[0] * (kh - 1) - 1 - (ho - 1) * st[0],
           win + 2 * pd[1] - dl[1] * (kw - 1) - 1 - (wo - 1) * st[1]]
     if p["groups"] == 1 and dl == (1, 1):
-        gi = _sparse_conv_transpose(g, w, st, pd, (hin, win))
+        gi = sparse_conv_transpose(g, w, st, pd, (hin, win))
         if gi is not None:
             return [(a, gi)]
         if w.shape[1] <= PHASE_MAX_CHANNELS and st[0] == st[1] and g.device.type == "cpu":
             return [(a, phase_conv_transpose(g, w, st[0], pd, (hin, win)))]
     gi = F.conv_transpose2d(g, w, None, st, pd, op, p["groups"], dl)
     return [(a, gi)]
-
-
-def _sparse_conv_transpose(g, w, st, pd, size) -> torch.Tensor | None:
-    """When each item's signal lives in one channel (the seed, before the first
-    rectifier spreads it): that channel's filter only, as one grouped transposed
-    conv over the K items (1/C of the dense work). None when the signal is dense."""
-    K, C = g.shape[:2]
-    if C < 8 or int(torch.count_nonzero(torch.count_nonzero(g[0].reshape(C, -1), dim=1))) > 1:
-        return None  # (item 0 first: a dense signal costs 1/K of a pass to recognise)
-    nz = torch.count_nonzero(g.reshape(K, C, -1), dim=2) > 0  # (K, C)
-    if bool((nz.sum(1) > 1).any()):
-        return None
-    units = nz.to(torch.int8).argmax(1)
-    gk = g[torch.arange(K, device=g.device), units].unsqueeze(0)  # (1, K, h, w)
-    wk = w.index_select(0, units)  # (K, Cin, kh, kw)
-    full = F.conv_transpose2d(gk, wk, None, st, 0, 0, K)  # (1, K*Cin, ...) the whole transpose, unpadded
-    full = full.view(K, w.shape[1], full.shape[-2], full.shape[-1])
-    return full[:, :, pd[0]:pd[0] + size[0], pd[1]:pd[1] + size[1]].contiguous() if (
-        full.shape[-2] >= pd[0] + size[0] and full.shape[-1] >= pd[1] + size[1]) else _crop_pad(full, pd, size)
-
-
-def _crop_pad(full, pd, size):
-    out = full.new_zeros(full.shape[:2] + tuple(size))
-    h = min(size[0], full.shape[-2] - pd[0])
-    w = min(size[1], full.shape[-1] - pd[1])
-    out[:, :, :h, :w] = full[:, :, pd[0]:pd[0] + h, pd[1]:pd[1] + w]
-    return out
-
-
-PHASE_MAX_CHANNELS = 4  # transposed convs onto at most this many channels (a first layer) run polyphase
-
-
-def phase_conv_transpose(g, w, s: int, pd, size) -> torch.Tensor:
-    """``conv_transpose2d`` onto few channels as one forward conv (the CPU's transposed-conv
-    kernel is slow for this shape): output pixel ``s*q + r`` of the unpadded transpose only
-    meets the taps ``r, r + s, ...`` of the filter, so each of the s*s phases is a
-    correlation of ``g`` with a flipped sub-filter; all phases are one ``conv2d`` whose
-    output channels are (input channel, phase), interleaved by ``pixel_shuffle``."""
-    C, cin, kh, kw = w.shape
-    my, mx = -(-kh // s), -(-kw // s)
-    wp = w.new_zeros(C, cin, s, s, my, mx)
-    for ry in range(s):
-        for rx in range(s):
-            sub = w[:, :, ry::s, rx::s]
-            wp[:, :, ry, rx, :sub.shape[2], :sub.shape[3]] = sub
-    wp = wp.flip(-1).flip(-2).permute(1, 2, 3, 0, 4, 5).reshape(cin * s * s, C, my, mx)
-    full = F.pixel_shuffle(F.conv2d(g, wp, padding=(my - 1, mx - 1)), s)  # the unpadded transpose, and more
-    return _crop_pad(full, pd, size) if (full.shape[-2] < pd[0] + size[0] or full.shape[-1] < pd[1] + size[1]) \
-        else full[:, :, pd[0]:pd[0] + size[0], pd[1]:pd[1] + size[1]].contiguous()
 
 
 def _pair(v):
