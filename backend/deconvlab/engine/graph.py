@@ -26,6 +26,12 @@ How:
   the same signal down both branches, a ``cat`` splits it). Only nodes that lie
   between the input and the seed are visited. Max-pool switches are computed
   once per record from the recorded pool input.
+* Speed: no autograd on the hot path (conv, linear, batch norm, ReLU family,
+  max pool, add, cat, reshapes have hand-written rules); a batch norm's scale
+  is folded into the filters of the conv before it (once per record); while a
+  seed's signal lives in one channel only that unit's filter is transposed, and
+  transposed convs onto the colours run polyphase (``graph_kernels``). K items
+  run as one batch, cut so that no signal buffer passes 32 MB.
 
 Seeds (as in the sequential engine and ``Net.project_many``): ``point``: one
 activation of one unit, by default its first maximum in row-major order, with
