@@ -74,10 +74,10 @@ class _SplitImages(torch.utils.data.Dataset):
     decode, resize the shorter side and centre-crop to ``size``, normalise.
     """
 
-    def __init__(self, split: Split, size: int, mean, std):
-        self.split, self.size = split, size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    def __init__(self, split: Split, size: int, mean, std, channels: int = 3):
+        self.split, self.size, self.channels = split, size, int(channels)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -91,14 +91,20 @@ class _SplitImages(torch.utils.data.Dataset):
                 rgb = to_rgb(im)
         except Exception as e:  # noqa: BLE001 -- name the file, keep the cause
             raise ValueError(f"cannot decode data-set image {self.split.files[i]}: {e}") from e
-        a = np.asarray(resize_crop(rgb, self.size), dtype=np.float32) / 255.0  # as Net.preprocess does
+        im = resize_crop(rgb, self.size)
+        im = im.convert("L") if self.channels == 1 else im  # a one-channel model: as Net.preprocess does
+        a = np.asarray(im, dtype=np.float32) / 255.0
+        a = a[:, :, None] if a.ndim == 2 else a
         x = ((torch.from_numpy(a).permute(2, 0, 1) - self.mean) / self.std).contiguous()
         sha = np.uint64(_sha_u64(hashlib.sha256(data).digest())).view(np.int64)  # torch has no uint64
         return x, i, int(sha)
 
 
 def _net_parts(net):
-    """(module, meta, device) of a ``Net`` (or a model name/path, loaded with ``deconvlab.load``)."""
+    """(model, module, meta, device) of a ``Net`` (or a model name/path, loaded with ``deconvlab.load``).
+
+    ``model`` is what the scan loop runs: the flat Sequential of a sequential-engine net (or of
+    anything with ``module``, ``meta`` and ``device``), the ``Net`` itself on the graph engine."""
     if isinstance(net, (str, Path)):
         from .. import load
         net = load(str(net))
@@ -107,7 +113,8 @@ def _net_parts(net):
     if device is None:
         p = next(module.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    return module, meta, torch.device(device)
+    model = net if getattr(net, "engine", None) == "graph" else module
+    return model, module, meta, torch.device(device)
 
 
 # ------------------------------------------------------------------ processes
@@ -191,7 +198,7 @@ class _Checkpoint:
 
 # ------------------------------------------------------------------ build
 
-def _scan_shard(module, layers: list[LayerInfo], loader, device: torch.device, tracker: TopK, done: int,
+def _scan_shard(model, module, layers: list[LayerInfo], loader, device: torch.device, tracker: TopK, done: int,
                 after_batch: Callable[[int, int], None]) -> None:
     """Every batch of ``loader`` into ``tracker``; ``after_batch(batches done, images in it)`` after each."""
     was_training = module.training
@@ -199,7 +206,7 @@ def _scan_shard(module, layers: list[LayerInfo], loader, device: torch.device, t
     try:
         with torch.inference_mode():
             for x, image, sha in loader:
-                values, maps = scan_values(module, x.to(device, non_blocking=True), layers)
+                values, maps = scan_values(model, x.to(device, non_blocking=True), layers)
                 tracker.update(values.numpy(), image.numpy(), partial(argmax_positions, maps, layers),
                                sha.numpy().view(np.uint64))
                 del maps  # the activations of this batch
@@ -238,8 +245,18 @@ def _check_arguments(k: int, batch_size: int, checkpoint_every: int) -> None:
         raise ValueError(f"checkpoint_every: expected a positive number of batches, got {checkpoint_every}")
 
 
+def _aliases(model, layers: list[LayerInfo]) -> dict[str, list[str]]:
+    """A graph net's other names of each indexed layer (``layer1.0`` is ``layer1.0.relu_1``)."""
+    if getattr(model, "engine", None) != "graph":
+        return {}
+    from .scan_graph import aliases
+
+    return aliases(model, [L.name for L in layers])
+
+
 def _merge_and_write(dist: _Dist, out: Path, tracker: TopK, images_per_s: float, layers, meta, split: Split,
-                     model_sha: str, listing_sha: str, batch_size: int, t0: float) -> None:
+                     model_sha: str, listing_sha: str, batch_size: int, t0: float,
+                     aliases: dict | None = None) -> None:
     """Gather the ranks' trackers, check they saw one model and one listing, and let rank 0 commit."""
     parts = dist.gather({"arrays": tracker.arrays(), "model_sha256": model_sha, "listing_sha256": listing_sha,
                          "images_per_s": images_per_s})
@@ -251,7 +268,7 @@ def _merge_and_write(dist: _Dist, out: Path, tracker: TopK, images_per_s: float,
         build = {"batch_size": batch_size, "world_size": dist.world,
                  "images_per_s": round(sum(p["images_per_s"] for p in parts), 2),
                  "wall_s": round(time.perf_counter() - t0, 3)}
-        write_index(out, merged, layers, meta, split, model_sha, listing_sha, build)
+        write_index(out, merged, layers, meta, split, model_sha, listing_sha, build, aliases)
 
 
 def build_index(net, data_root: str | Path, split: str = "val", out: str | Path | None = None, k: int = 9,
@@ -269,7 +286,7 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
     the split, their top-k are merged exactly and rank 0 writes.
     """
     t0 = time.perf_counter()
-    module, meta, device = _net_parts(net)
+    model, module, meta, device = _net_parts(net)
     _check_arguments(k, batch_size, checkpoint_every)
     listing = list_split(data_root, split)
     if len(listing) == 0:
@@ -277,7 +294,7 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
     name = getattr(meta, "name", "") or "model"
     out = _index_folder(out, name, data_root, split)
     size = int(meta.input_size)
-    layers = index_layers(module, size)
+    layers = index_layers(model, size)
     units = sum(L.units for L in layers)
     model_sha, listing_sha = model_sha256(module), listing.listing_hash()
     dist = _Dist(device)
@@ -292,7 +309,8 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
         tracker, done = checkpoint.resume(units, k)
         if done and progress and rank == 0:
             print(f"index: resuming {out} after {done} of {len(batches)} batches", flush=True)
-        loader = _loader(_SplitImages(listing, size, meta.mean, meta.std), batches[done:], workers, device)
+        channels = getattr(net, "in_channels", 3) if not isinstance(net, (str, Path)) else len(meta.mean)
+        loader = _loader(_SplitImages(listing, size, meta.mean, meta.std, channels), batches[done:], workers, device)
         bar = _progress_bar(batches, done, f"index {name} {split}", world, progress and rank == 0)
         scanned, t_scan = [0], time.perf_counter()
 
@@ -305,12 +323,12 @@ def build_index(net, data_root: str | Path, split: str = "val", out: str | Path 
                 on_batch(batches_done)
 
         try:
-            _scan_shard(module, layers, loader, device, tracker, done, after_batch)
+            _scan_shard(model, module, layers, loader, device, tracker, done, after_batch)
         finally:
             bar.close()
         images_per_s = scanned[0] / max(time.perf_counter() - t_scan, 1e-9)
         _merge_and_write(dist, out, tracker, images_per_s, layers, meta, listing, model_sha, listing_sha,
-                         batch_size, t0)
+                         batch_size, t0, _aliases(model, layers))
         dist.barrier()
         checkpoint.remove()
         dist.barrier()

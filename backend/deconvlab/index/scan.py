@@ -6,10 +6,18 @@ the feature-evolution analysis (Fig. 4, :mod:`deconvlab.analyses.evolution`)
 asks the same question of every training snapshot. Both stream batches
 through this module.
 
-:func:`layer_outputs` is the one scan loop: it runs the children of an
-``nn.Sequential`` itself (no switches are recorded, unlike ``Net.forward``),
-hands out the activation of each paper layer asked for, and stops after the
-last one. Two reductions sit on it:
+:func:`layer_outputs` is the one scan loop. ``model`` is a flat
+``nn.Sequential`` (or a ``Net`` on the sequential engine): it runs the children
+itself (no switches are recorded, unlike ``Net.forward``), hands out the
+activation of each paper layer asked for, and stops after the last one. Or it
+is a ``Net`` on the graph engine (a ResNet, a user's module): then the
+streaming interpreter of :mod:`.scan_graph` runs the model's fx graph node by
+node, hands out each wanted node's value as soon as it is computed and drops
+every value no later node reads, so a batch never holds more than the live
+values of the graph (``Net.forward`` keeps every node's value: GBs for a batch
+of 64 at 224 px). Models fx cannot trace go through forward hooks instead.
+:mod:`.scan_graph` also says which layers of a graph net are indexed, and why.
+Two reductions sit on the loop:
 
 =====================  ====================================================  ========================
 function               returns                                               used by
@@ -28,8 +36,12 @@ The U units of all layers stand side by side in layer order (:class:`LayerInfo`
 -1 for fc units. Both assume ``module`` is in eval mode and ``x`` normalised as
 the model expects.
 
+Graph nets: :func:`scan_values` takes the argmax of every pair right away (the
+maps are dropped as the scan goes), and :func:`argmax_positions` reads it back.
+
 Errors: a model with no ``conv*``/``fc*`` children, or a layer whose activation
-is neither (C, H, W) nor (C,), is a ``ValueError`` saying what was expected.
+is neither (C, H, W) nor (C,), is a ``ValueError`` saying what was expected; a
+graph net with no layer to index likewise.
 """
 
 from __future__ import annotations
@@ -41,14 +53,15 @@ import numpy as np
 import torch
 
 from ..nets import layer_map
+from . import scan_graph
 
 __all__ = ["LayerInfo", "index_layers", "layer_outputs", "scan_values", "argmax_positions", "scan"]
 
 
 @dataclass
 class LayerInfo:
-    name: str  # paper name, e.g. "conv3"
-    child: str  # the Sequential child whose output is read (e.g. "relu3")
+    name: str  # paper name, e.g. "conv3"; a graph net's layer name (``layer3.1``)
+    child: str  # the Sequential child whose output is read (e.g. "relu3"); a graph net's fx node
     kind: str  # "conv" or "fc"
     units: int  # channels
     shape: tuple  # (C, H, W) or (C,)
@@ -76,8 +89,35 @@ def _activation_shapes(module: torch.nn.Sequential, children: set[str], input_si
     return shapes
 
 
-def index_layers(module: torch.nn.Sequential, input_size: int) -> list[LayerInfo]:
-    """Every paper layer of ``module`` with its activation shape at ``input_size`` px."""
+class PositionTable(list):
+    """:func:`scan_values`' second value for a graph net: ``[positions]``, one [B, U, 2] int32
+    tensor (every pair's argmax), in place of the maps a Sequential's scan keeps."""
+
+
+def _sequential(model) -> torch.nn.Sequential | None:
+    """The flat Sequential the sequential loop runs: ``model`` itself, or a sequential-engine Net's."""
+    if isinstance(model, torch.nn.Sequential):
+        return model
+    if getattr(model, "engine", None) == "sequential":
+        return model.module
+    return None
+
+
+def _graph_net(model):
+    if getattr(model, "engine", None) != "graph":
+        raise TypeError(f"model: expected an nn.Sequential with paper names or a deconvlab Net, "
+                        f"got {type(model).__name__}")
+    return model
+
+
+def index_layers(model, input_size: int | None = None) -> list[LayerInfo]:
+    """The layers to index with their activation shapes at ``input_size`` px: every paper layer of a
+    Sequential (or sequential-engine Net); for a graph-engine Net the layers
+    :func:`.scan_graph.graph_index_layers` picks (``input_size``: the net's)."""
+    module = _sequential(model)
+    if module is None:
+        return [LayerInfo(**d) for d in scan_graph.graph_index_layers(_graph_net(model), input_size)]
+    input_size = int(input_size if input_size is not None else model.meta.input_size)
     children_of = layer_map(module)
     if not children_of:
         raise ValueError("the model has no conv*/fc* children to index (expected a named nn.Sequential)")
@@ -92,10 +132,20 @@ def index_layers(module: torch.nn.Sequential, input_size: int) -> list[LayerInfo
     return out
 
 
-def layer_outputs(module: torch.nn.Sequential, x: torch.Tensor, layers: list[LayerInfo]
+def layer_outputs(model, x: torch.Tensor, layers: list[LayerInfo]
                   ) -> Iterator[tuple[LayerInfo, torch.Tensor]]:
-    """The scan loop: ``x`` through ``module``'s children, yielding ``(layer, activation)`` for each of
-    ``layers`` (a [B, C, H, W] or [B, C] tensor), and stopping after the last one."""
+    """The scan loop: ``x`` through ``model``, yielding ``(layer, activation)`` for each of ``layers``
+    (a [B, C, H, W] or [B, C] tensor) in forward order; a Sequential stops after the last one, a
+    graph net streams (:func:`.scan_graph.stream`: no value kept past its last use)."""
+    module = _sequential(model)
+    if module is None:
+        by_node = {L.child: L for L in layers}
+        for node, a in scan_graph.stream(_graph_net(model), x, set(by_node)):
+            L = by_node[node]
+            if a.dim() not in (2, 4):
+                raise ValueError(f"layer {L.name}: expected a 2-D or 4-D activation, got {tuple(a.shape)}")
+            yield L, a
+        return
     by_child = {L.child: L for L in layers}
     last = layers[-1].child
     for name, m in module.named_children():
@@ -109,16 +159,21 @@ def layer_outputs(module: torch.nn.Sequential, x: torch.Tensor, layers: list[Lay
             return
 
 
-def scan_values(module: torch.nn.Sequential, x: torch.Tensor, layers: list[LayerInfo]
+def scan_values(model, x: torch.Tensor, layers: list[LayerInfo]
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One batch: each unit's max over positions, and the maps.
 
     Returns ``values`` [B, U] (float32, on the CPU) and the activation of each
     layer (kept so :func:`argmax_positions` can locate the few maxima that
-    enter a top-k, instead of an argmax over every map).
+    enter a top-k, instead of an argmax over every map). A graph net keeps no
+    map: its second value is ``[positions]``, the [B, U, 2] argmax of every
+    pair (:func:`scan`), which :func:`argmax_positions` reads instead.
     """
+    if _sequential(model) is None:
+        values, positions = scan(model, x, layers)
+        return values, PositionTable([positions])
     values, maps = [], []
-    for L, a in layer_outputs(module, x, layers):
+    for L, a in layer_outputs(model, x, layers):
         values.append((a.flatten(2).amax(dim=2) if a.dim() == 4 else a).float())
         maps.append(a)
     return torch.cat(values, 1).cpu(), maps
@@ -128,6 +183,8 @@ def argmax_positions(maps: list[torch.Tensor], layers: list[LayerInfo], units: n
                      images: np.ndarray) -> np.ndarray:
     """(y, x) of the first maximum (row-major) of unit ``units[i]`` (a row of the U units) in batch
     image ``images[i]``, from :func:`scan_values`' maps; (-1, -1) for fc units. [n, 2] int32."""
+    if isinstance(maps, PositionTable):  # a graph net's scan: every pair's position already
+        return maps[0].numpy()[np.asarray(images), np.asarray(units)].astype(np.int32).reshape(len(units), 2)
     out = np.full((len(units), 2), -1, dtype=np.int32)
     for L, a in zip(layers, maps):
         sel = np.flatnonzero((units >= L.offset) & (units < L.offset + L.units))
@@ -143,7 +200,7 @@ def argmax_positions(maps: list[torch.Tensor], layers: list[LayerInfo], units: n
     return out
 
 
-def scan(module: torch.nn.Sequential, x: torch.Tensor, layers: list[LayerInfo]
+def scan(model, x: torch.Tensor, layers: list[LayerInfo]
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch: each unit's max over positions and where it is.
 
@@ -151,7 +208,7 @@ def scan(module: torch.nn.Sequential, x: torch.Tensor, layers: list[LayerInfo]
     on the CPU. Keeps no activation beyond the one being reduced.
     """
     values, positions = [], []
-    for L, a in layer_outputs(module, x, layers):
+    for L, a in layer_outputs(model, x, layers):
         if a.dim() == 4:
             b, c, h, w = a.shape
             v, i = a.reshape(b, c, h * w).max(dim=2)

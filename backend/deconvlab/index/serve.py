@@ -64,6 +64,7 @@ class TopKIndex:
         self._arrays = arrays
         self._split = split
         self._layers = {info["name"]: info for info in manifest["layers"]}
+        self._alias = {a: info["name"] for info in manifest["layers"] for a in info.get("aliases", ())}
         self.cache = ByteLRU(cache_bytes, keep_newest=True)
         self._lock = threading.RLock()
 
@@ -118,7 +119,10 @@ class TopKIndex:
         return list(self.manifest["data"]["labels"])
 
     def layer_info(self, layer: str) -> dict:
+        """The manifest's entry of ``layer`` (or of the indexed layer it is another name of)."""
         if layer not in self._layers:
+            if layer in self._alias:
+                return self._layers[self._alias[layer]]
             raise KeyError(f"unknown layer: expected one of {self.layers}, got {layer!r}")
         return self._layers[layer]
 
@@ -152,7 +156,7 @@ class TopKIndex:
     def entries(self, layer: str, unit: int) -> list[dict]:
         """The unit's entries in rank order (fewer than k when the split holds fewer images)."""
         row = self._row(layer, unit)
-        kind = self._layers[layer]["kind"]
+        kind = self.layer_info(layer)["kind"]
         values, image = self._arrays["values"][row], self._arrays["image"][row]
         position, sha = self._arrays["position"][row], self._arrays["sha"][row]
         out = []

@@ -13,8 +13,10 @@ FORMAT (version 1)
         ``std``}, ``data`` {``root``, ``split``, ``listing_sha256``
         (:meth:`deconvlab.data.Split.listing_hash`), ``num_images``,
         ``class_ids``, ``labels``}, ``layers`` [{``name``, ``child``, ``kind``
-        ("conv" | "fc"), ``units``, ``shape``, ``offset``}] (rows ``offset ..
-        offset+units`` of the entry arrays belong to that layer), ``arrays``
+        ("conv" | "fc"), ``units``, ``shape``, ``offset``[, ``aliases``]}] (rows
+        ``offset .. offset+units`` of the entry arrays belong to that layer;
+        ``child`` is a graph net's fx node; ``aliases``, graph nets only: the
+        other layer names of that node, which readers accept too), ``arrays``
         {role: file name}, ``build`` {``batch_size``, ``world_size``,
         ``images_per_s``, ``wall_s``}.
     Entry arrays, one row per unit of every layer in layer order (``.npy``; :mod:`.tracker`):
@@ -81,11 +83,26 @@ class StaleIndexError(RuntimeError):
 # ------------------------------------------------------------------ hashes
 
 def model_sha256(module: torch.nn.Module) -> str:
-    """sha256 over the state dict: every entry's name, dtype, shape and raw bytes, in order."""
+    """sha256 over the state dict: every entry's name, dtype, shape and raw bytes, in order.
+
+    Any module: a ``Net`` is read through its ``module``; a tensor of any dtype (bfloat16,
+    bool) by its bytes, a sparse or quantized one through its dense float value, a
+    non-tensor entry (a module's ``get_extra_state``) by its ``repr``."""
+    module = getattr(module, "module", module)
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module: expected an nn.Module or a Net, got {type(module).__name__}")
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
-        t = t.detach().cpu().contiguous()
         h.update(name.encode())
+        if not isinstance(t, torch.Tensor):
+            h.update(f"extra:{t!r}".encode())
+            continue
+        t = t.detach()
+        if t.is_quantized:
+            t = t.dequantize()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        t = t.cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -163,8 +180,16 @@ def read_arrays(folder: Path, manifest: dict) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ writing
 
+def _layer_entry(L: LayerInfo, aliases: dict) -> dict:
+    entry = {"name": L.name, "child": L.child, "kind": L.kind, "units": L.units, "shape": list(L.shape),
+             "offset": L.offset}
+    if aliases.get(L.name):
+        entry["aliases"] = list(aliases[L.name])
+    return entry
+
+
 def _manifest(build_id: str, tracker: TopK, layers: list[LayerInfo], meta, split: Split, model_sha: str,
-              listing_sha: str, files: dict, build: dict) -> dict:
+              listing_sha: str, files: dict, build: dict, aliases: dict | None = None) -> dict:
     return {
         "format": FORMAT, "version": VERSION, "build_id": build_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "k": tracker.k,
@@ -172,14 +197,13 @@ def _manifest(build_id: str, tracker: TopK, layers: list[LayerInfo], meta, split
                   "input_size": int(meta.input_size), "mean": list(meta.mean), "std": list(meta.std)},
         "data": {"root": str(Path(split.root).resolve()), "split": split.name, "listing_sha256": listing_sha,
                  "num_images": len(split), "class_ids": list(split.class_ids), "labels": list(split.labels)},
-        "layers": [{"name": L.name, "child": L.child, "kind": L.kind, "units": L.units,
-                    "shape": list(L.shape), "offset": L.offset} for L in layers],
+        "layers": [_layer_entry(L, aliases or {}) for L in layers],
         "arrays": files, "build": build,
     }
 
 
 def write_index(out: Path, tracker: TopK, layers: list[LayerInfo], meta, split: Split, model_sha: str,
-                listing_sha: str, build: dict) -> None:
+                listing_sha: str, build: dict, aliases: dict | None = None) -> None:
     """Write ``tracker``'s arrays and the image table under fresh names, then commit the manifest."""
     build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     used = np.unique(tracker.image[tracker.image >= 0])
@@ -192,7 +216,7 @@ def write_index(out: Path, tracker: TopK, layers: list[LayerInfo], meta, split: 
         files[role] = f"{role}-{build_id}.npy"
         atomic_npy(out / files[role], a)
     atomic_json(manifest_path(out), _manifest(build_id, tracker, layers, meta, split, model_sha, listing_sha,
-                                              files, build))
+                                              files, build, aliases))
 
 
 def remove_file(p: Path) -> None:
