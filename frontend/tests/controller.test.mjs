@@ -276,3 +276,57 @@ test('occlusion: runs with the form values, and a new image clears the result', 
   await flush();
   assert.equal(s().occlusion.status, 'idle');
 });
+
+test('a top-9 patch opens its data-set image here, projected from the patch position', async () => {
+  const { c, s, api } = setup('#image=img1&layer=conv2&unit=1');
+  await flush();
+  await c.handlers.openTopEntry({ rank: 0, image_index: 5, label: 'a', image_url: '/api/dataset/images/5', position: [2, 3] });
+  await flush();
+  assert.ok(api.calls.includes('blob:/api/dataset/images/5'));
+  assert.equal(s().image, 'img2');
+  assert.equal(s().layer, 'conv2');
+  assert.equal(s().unit, 1);
+  assert.deepEqual(s().position, [2, 3]);
+  assert.equal(s().seed, 'point');
+  assert.equal(s().projection.data.url, 'blob:/projection/img2/conv2/1/deconv/point/2,3');
+});
+
+test('occlusion: Cancel aborts the request and a late answer is dropped', async () => {
+  const hold = { match: (n) => n.startsWith('occ:'), pending: [] };
+  const { c, s } = setup('#image=img1', { hold });
+  await flush();
+  const p = c.handlers.runOcclusion({ size: 16, stride: 4 });
+  await flush();
+  assert.equal(s().occlusion.status, 'loading');
+  c.handlers.cancelOcclusion();
+  assert.equal(s().occlusion.status, 'idle');
+  assert.equal(s().occlusion.cancelled, true);
+  hold.pending[0].resolve();
+  await p;
+  await flush();
+  assert.equal(s().occlusion.status, 'idle', 'the cancelled job\'s answer is not shown');
+  assert.equal(s().occlusion.data, null);
+});
+
+test('a model switch keeps the image and picks the same layer, or one as deep', async () => {
+  const { c, s } = setup('#image=img1&layer=conv2&unit=1');
+  await flush();
+  const other = {
+    id: 'graph', arch: 'torchvision:resnet18', input_size: 64, classes: ['a', 'b', 'c'],
+    layers: [
+      { name: 'conv1', kind: 'conv', channels: 4, shape: [4, 32, 32], parent: null },
+      { name: 'layer1.0.conv1', kind: 'conv', channels: 4, shape: [4, 16, 16], parent: 'layer1.0' },
+      { name: 'layer1.0', kind: 'conv', channels: 4, shape: [4, 16, 16], parent: 'layer1' },
+      { name: 'layer1', kind: 'conv', channels: 4, shape: [4, 16, 16], parent: null },
+      { name: 'fc', kind: 'fc', channels: 3, shape: [3], parent: null },
+    ],
+  };
+  s().models.data.models.push(other);
+  c.handlers.selectModel('graph');
+  assert.equal(s().model, 'graph');
+  assert.equal(s().image, 'img1');
+  assert.equal(s().layer, 'layer1', 'conv2, the deeper of two convs -> the deepest block output');
+  assert.equal(s().unit, null);
+  c.handlers.selectModel('tiny');
+  assert.equal(s().layer, 'conv2');
+});
