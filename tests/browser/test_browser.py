@@ -538,6 +538,31 @@ def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page):
     page.wait_for_selector("[data-testid=filters]", state="hidden")
     assert page.evaluate("document.activeElement.dataset.testid") == "open-filters"
 
+    # A top-9 patch opens its data-set image here, projected from the patch's position.
+    page.click("[data-testid=layer-tab][data-layer=conv2]")
+    page.click("[data-testid=unit][data-unit='3']")
+    _wait_gallery(page, 9)
+    top = httpx.get(f"{server}/api/layers/conv2/units/3/top").json()["entries"]
+    page.click("[data-testid=topk-patch][data-rank='1']")
+    page.wait_for_function("p => JSON.stringify(window.deconvlab.state().position) === JSON.stringify(p)", arg=top[1]["position"])
+    st = _state(page)
+    assert st["layer"] == "conv2" and st["unit"] == 3 and st["seed"] == "point"
+    # The image is that data-set image: its bytes, uploaded, have the id the app now shows.
+    raw = httpx.get(f"{server}/api/dataset/images/{top[1]['image_index']}").content
+    assert httpx.post(f"{server}/api/images", files={"file": ("x", raw)}).json()["image_id"] == st["image"]
+    page.wait_for_selector("[data-testid=unit-box]:not([hidden])")
+    assert page.url.startswith(server + "/#")  # still the app, not a bare image
+
+    # A long occlusion can be cancelled.
+    page.click("[data-testid=open-occlusion]")
+    page.select_option("[data-testid=occ-size]", "16")
+    page.select_option("[data-testid=occ-stride]", "4")
+    page.click("[data-testid=occ-run]")
+    page.click("[data-testid=occ-cancel]")
+    page.wait_for_function("() => document.querySelector('[data-testid=occlusion-status]').textContent.startsWith('Cancelled')")
+    assert page.locator("[data-testid=occ-cancel]").is_hidden()
+    page.keyboard.press("Escape")
+
     # A link to an image this server lacks: in words, with the upload offered.
     page.goto(f"{server}/#image={'0' * 24}&layer=conv1")
     page.wait_for_selector("[data-testid=input-status].error")
