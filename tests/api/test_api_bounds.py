@@ -123,4 +123,11 @@ def test_openapi_describes_the_errors_and_bounds(client):
     assert param("get", "/api/dataset/samples", "n")["maximum"] == 200
     assert param("get", "/api/layers/{layer}/units/{unit}/evolution", "n")["maximum"] == 1000
     body = schemas["OcclusionRequest"]["properties"]
-    assert body["size"]["minimum"] == 1 and body["stride"]["minimum"] == 1
+    assert body["size"]["minimum"] == 1 and body["stride"]["minimum"] == 1 and body["size"]["maximum"] == 224
+
+
+def test_an_empty_model_name_is_unknown_not_the_default(client, image_id):
+    # schemathesis found ?model=none&model= answered as the default model (the last value, "", read as none given)
+    r = client.get(f"/api/images/{image_id}/predictions", params={"model": ""})
+    assert r.status_code == 404 and r.json()["detail"].startswith("unknown model: ''")
+    assert client.get(f"/api/images/{image_id}/predictions").status_code == 200

@@ -17,7 +17,8 @@ every 4xx/5xx answer           ``Error``: ``{"detail": str}`` (the 500 adds ``er
 bounds                         ``unit``, ``rank``, ``image_index``, ``y``, ``x``, ``seed`` >= 0;
                                ``k`` >= 1; ``size`` 8..1024; ``n`` 1..200 (samples) or
                                1..``evolution_max_n`` (evolution); occlusion ``size``/``stride``
-                               >= 1, ``class_index`` >= 0; ``image_id`` 24 hex digits
+                               1..the largest input side, ``class_index`` >= 0; ``image_id``
+                               24 hex digits
 enums                          ``model``: the served models; ``layer``: their layers' names;
                                ``kind``: the three occlusion maps
 =============================  =================================================================
@@ -104,7 +105,8 @@ def _enums(app: FastAPI) -> dict:
         return {}
     slots = [s for s in state.models.values() if s.net is not None]
     layers = sorted({d["name"] for s in slots for d in s.info})
-    return {"model": sorted(s.name for s in slots), "layer": layers, "kind": list(KINDS)}
+    return {"model": sorted(s.name for s in slots), "layer": layers, "kind": list(KINDS),
+            "side": max((s.net.meta.input_size for s in slots), default=None)}
 
 
 def honest_openapi(app: FastAPI, max_n: int) -> dict:
@@ -119,6 +121,8 @@ def honest_openapi(app: FastAPI, max_n: int) -> dict:
         if prop is not None:
             target = next((s for s in prop.get("anyOf", []) if s.get("type") == "integer"), prop)
             target.update(bound)
+            if name in ("size", "stride") and enums.get("side"):  # at most the largest served input side
+                target["maximum"] = enums["side"]
     for path, item in doc["paths"].items():
         for op in item.values():
             _operation(op, path, max_n, enums)

@@ -88,7 +88,8 @@ class AppState:
         self.lock = threading.Lock()
 
     def slot(self, name: str | None) -> ModelSlot:
-        name = name or self.default
+        """The slot of model ``name`` (None: the default); 404 for any other name, "" included."""
+        name = self.default if name is None else name
         s = self.models.get(name)
         if s is None:
             raise NotFound(f"unknown model: {echo(name)} (expected one of {', '.join(sorted(self.models)) or 'none'})")
