@@ -11,14 +11,13 @@ what                           the document says
 every 4xx/5xx answer           ``Error``: ``{"detail": str}`` (the 500 adds ``error_id``)
 404                            on every operation with a path parameter or a ``model`` query
 422                            on every operation with a parameter or a body
-413                            on every operation with a body
+400, 413                       on every operation with a body (400: not UTF-8)
 429 (``Retry-After``)          on every operation that runs on the inference thread
 503                            where a model may have failed to load, or the data set is needed
 bounds                         ``unit``, ``rank``, ``image_index``, ``y``, ``x``, ``seed`` >= 0;
                                ``k`` >= 1; ``size`` 8..1024; ``n`` 1..200 (samples) or
                                1..``evolution_max_n`` (evolution); occlusion ``size``/``stride``
-                               1..the largest input side, ``class_index`` >= 0; ``image_id``
-                               24 hex digits
+                               1..the largest input side, ``class_index`` >= 0
 enums                          ``model``: the served models; ``layer``: their layers' names;
                                ``kind``: the three occlusion maps
 =============================  =================================================================
@@ -40,7 +39,8 @@ ERROR = {"type": "object", "required": ["detail"], "additionalProperties": True,
          "properties": {"detail": {"type": "string", "description": "one sentence: what was expected, what came"},
                         "error_id": {"type": "string", "description": "500 only: the id in the server log"}}}
 _REF = {"$ref": "#/components/schemas/Error"}
-_WHY = {"404": "unknown model, layer, image, occlusion, rank or data-set image (the detail names it)",
+_WHY = {"400": "a body that cannot be read as text (not UTF-8)",
+        "404": "unknown model, layer, image, occlusion, rank or data-set image (the detail names it)",
         "413": "request body over the byte limit (or an upload over the byte or pixel limit)",
         "415": "upload format outside JPEG, PNG, WebP, BMP, GIF, TIFF",
         "422": "a value out of range or of the wrong type (the detail names the parameter and the bound)",
@@ -49,8 +49,7 @@ _WHY = {"404": "unknown model, layer, image, occlusion, rank or data-set image (
 NO_RUNNER = {"health", "ready", "models", "image_info", "dataset_image", "dataset_samples"}
 NEEDS_DATA = {"top", "top_patch", "top_projection", "dataset_image", "dataset_samples", "evolution", "evolution_png"}
 BOUNDS = {"unit": {"minimum": 0}, "rank": {"minimum": 0}, "image_index": {"minimum": 0}, "y": {"minimum": 0},
-          "x": {"minimum": 0}, "seed": {"minimum": 0}, "k": {"minimum": 1},
-          "image_id": {"pattern": "^[0-9a-f]{24}$"}}
+          "x": {"minimum": 0}, "seed": {"minimum": 0}, "k": {"minimum": 1}}
 BODY_BOUNDS = {"size": {"minimum": 1}, "stride": {"minimum": 1}, "class_index": {"minimum": 0}}
 
 
@@ -85,7 +84,7 @@ def _operation(op: dict, path: str, max_n: int, enums: dict) -> None:
     if "{" in path or any(p["name"] == "model" for p in params):
         statuses.add("404")
     if "requestBody" in op:
-        statuses.add("413")
+        statuses |= {"400", "413"}
     if name == "upload":
         statuses |= {"415"}
     if name not in NO_RUNNER:
