@@ -10,6 +10,7 @@ module              subcommands
 ``cli.index``       ``index``
 ``cli.analyses``    ``filters``, ``evolution``, ``invariance``, ``correspondence``,
                     ``ablation``, ``transfer``
+``cli.register``    ``register``
 ``cli.serve``       ``serve``
 ==================  =====================================================================
 
@@ -28,7 +29,7 @@ import os
 import sys
 
 from .. import __version__
-from . import analyses, index, serve, training
+from . import analyses, index, register, serve, training
 from .options import Command
 
 COMMANDS: dict[str, Command] = {
@@ -42,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "correspondence": analyses.CORRESPONDENCE,
     "ablation": analyses.ABLATION,
     "transfer": analyses.TRANSFER,
+    "register": register.REGISTER,
     "serve": serve.SERVE,
 }
 
