@@ -48,7 +48,8 @@ def load_models(state: AppState) -> None:
     torch.backends.cudnn.allow_tf32 = False
     root = s.models_path()
     reg = read_registry(root)
-    names = s.model_names() or sorted(reg["models"])
+    sources = served_models(s.model_names() or sorted(reg["models"]), reg["models"])
+    names = list(sources)
     state.default = reg.get("default", "") if reg.get("default") in names else (names[0] if names else "")
     if s.data:
         from ..data import list_split
@@ -60,7 +61,7 @@ def load_models(state: AppState) -> None:
         slot = ModelSlot(name)
         state.models[name] = slot
         try:
-            slot.net = state.runner.call(_load_net, name, root, s.device)
+            slot.net = state.runner.call(_load_net, sources[name], root, s.device, name)
             slot.info = slot.net.layer_info()
         except Exception as e:  # a model that fails to load is reported, the others still serve
             slot.error = f"{type(e).__name__}: {e}"
@@ -78,11 +79,30 @@ def load_models(state: AppState) -> None:
                       type(e).__name__, e)
 
 
-def _load_net(name: str, root: Path, device: str):
+def served_models(sources: list[str], registered: dict) -> dict[str, str]:
+    """Model id -> what ``nets.resolve`` opens: a registry name is its own id; a file (a checkpoint, a
+    ``.pt2``/TorchScript program) is served under its stem (``-2``, ``-3``... when two share one, or a
+    registered name is that stem), so ``?model=`` never carries a path; anything else keeps its text
+    (``torchvision:<arch>``, or an unknown name, which then fails to load and says why)."""
+    out: dict[str, str] = {}
+    for src in sources:
+        key = src
+        if src not in registered and Path(src).expanduser().is_file():
+            stem, n = Path(src).stem, 1
+            key = stem
+            while key in out or key in registered:
+                n += 1
+                key = f"{stem}-{n}"
+        out.setdefault(key, src)
+    return out
+
+
+def _load_net(source: str, root: Path, device: str, name: str = ""):
     from ..net import Net
     from ..nets import resolve
 
-    module, meta = resolve(name, root)
+    module, meta = resolve(str(Path(source).expanduser()) if Path(source).expanduser().is_file() else source, root)
+    meta.name = name or meta.name
     return Net(module, meta, device=device)
 
 

@@ -2,6 +2,11 @@
 
 Every option defaults to ``None``, so that only what is given on the command
 line overrides ``Settings`` (which reads the ``DECONVLAB_*`` environment).
+
+``--model NAME_OR_FILE`` (repeatable) and ``--models a,b`` add up, in that order, to
+``Settings.serve_models``: each a registry name (``deconvlab register`` writes one), a
+checkpoint, a ``.pt2``/TorchScript file (served under its file name's stem) or
+``torchvision:<arch>`` (random weights); none: every model of the registry.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ def _serve_options(p) -> None:
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1, DECONVLAB_HOST)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default 8000, DECONVLAB_PORT)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto, DECONVLAB_DEVICE)")
-    p.add_argument("--models", default=None, help="comma-separated registry names to serve (default: all)")
+    p.add_argument("--model", action="append", default=None, dest="model",
+                   help="a registry name or a model file to serve (repeatable; default: every registered model)")
+    p.add_argument("--models", default=None, help="comma-separated registry names or files to serve (default: all)")
     p.add_argument("--data", default=None, help="ImageFolder root for the top-k index (DECONVLAB_DATA)")
     p.add_argument("--data-dir", default=None, help="uploads and results (DECONVLAB_DATA_DIR)")
     p.add_argument("--build-index", action="store_true", default=None,
@@ -21,14 +28,23 @@ def _serve_options(p) -> None:
     p.add_argument("--log-level", default="info")
 
 
+def serve_settings(args):
+    """The ``Settings`` the parsed options describe (the environment for what they leave out)."""
+    from ..api import Settings
+
+    models = [*(args.model or []), *(m for m in (args.models or "").split(",") if m.strip())]
+    given = {"host": args.host, "port": args.port, "device": args.device,
+             "serve_models": ",".join(models) if models else None,
+             "data": args.data, "data_dir": args.data_dir, "build_index": args.build_index}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
 def _serve(args) -> int:
     import uvicorn
 
-    from ..api import Settings, create_app
+    from ..api import create_app
 
-    given = {"host": args.host, "port": args.port, "device": args.device, "serve_models": args.models,
-             "data": args.data, "data_dir": args.data_dir, "build_index": args.build_index}
-    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    settings = serve_settings(args)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
     return 0
 
