@@ -55,7 +55,9 @@ async def predictions(state: State, slot: Model, img: Image, k: Annotated[int, Q
         raise Unprocessable(f"k: expected 1..{n}, got {echo(k)}")
 
     def work():
-        v, i = forward_record(state, slot, img).probabilities()[0].float().cpu().topk(k)
+        import torch  # the logits, not Record.probabilities(): a graph net's GraphRecord has no such method
+
+        v, i = torch.softmax(forward_record(state, slot, img).logits[0].float(), 0).cpu().topk(k)
         return v.tolist(), i.tolist()
 
     values, idx = await state.runner.run(work)

@@ -1,0 +1,197 @@
+"""Issue 13: ``deconvlab register`` + ``deconvlab serve --model`` of a torchvision resnet18 with a local
+weights file, and every route of api/README.md answering for it (a graph-engine model).
+
+The model: ``torchvision.models.resnet18(weights=None, num_classes=10)``, seeded, its state dict in a
+``.safetensors`` file, registered at 64 px through the real command (``cli.main.main``) into a tmp
+``DECONVLAB_MODELS``; served by the real app (FastAPI TestClient) with the settings ``serve --model``
+makes. The answers are checked against the library itself (``Net.load`` of the same entry): the
+predictions, the layer list, a unit's strongest activation and its box, the projections.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from deconvlab.api import create_app
+from deconvlab.cli.main import build_parser, main
+from deconvlab.cli.serve import serve_settings
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = 64
+LAYERS = ("layer3.1", "layer1.0.add")
+
+
+def png_of(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """(models folder, weights file): tiny-rn registered there by ``deconvlab register``."""
+    from safetensors.torch import save_file
+
+    tmp = tmp_path_factory.mktemp("graph-model")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    weights = tmp / "tiny-rn.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    models = tmp / "models"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DECONVLAB_MODELS", str(models))
+        assert main(["register", "tiny-rn", "--arch", "torchvision:resnet18", "--weights", str(weights),
+                     "--input-size", str(SIZE)]) == 0
+    return models, weights
+
+
+@pytest.fixture(scope="module")
+def library_net(registered):
+    from deconvlab.net import Net
+    from deconvlab.nets import resolve
+
+    module, meta = resolve("tiny-rn", registered[0])
+    return Net(module, meta)
+
+
+@pytest.fixture(scope="module")
+def client(registered, small_checkpoint, tmp_path_factory):
+    models, _ = registered
+    args = build_parser("serve").parse_args(["serve", "--model", "tiny-rn", "--model", str(small_checkpoint),
+                                             "--device", "cpu",
+                                             "--data-dir", str(tmp_path_factory.mktemp("state"))])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DECONVLAB_MODELS", str(models))
+        mp.setenv("DECONVLAB_DATA", "")
+        mp.setenv("DECONVLAB_FRONTEND_DIR", str(tmp_path_factory.mktemp("no-frontend")))
+        settings = serve_settings(args)
+        with TestClient(create_app(settings)) as c:
+            yield c
+
+
+@pytest.fixture(scope="module")
+def image_id(client, sample_image):
+    r = client.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
+    assert r.status_code == 201, r.text
+    return r.json()["image_id"]
+
+
+def test_register_wrote_the_entry(registered, capsys, tmp_path, monkeypatch):
+    models, weights = registered
+    entry = json.loads((models / "registry.json").read_text())["models"]["tiny-rn"]
+    assert entry == {"arch": "torchvision:resnet18", "weights": str(weights.resolve()), "input_size": SIZE}
+    monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path))
+    assert main(["register", "again", "--arch", "torchvision:resnet18", "--weights", str(weights),
+                 "--input-size", str(SIZE)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"registry": str(tmp_path / "registry.json"), "name": "again", "entry": entry}
+
+
+def test_register_bad_input_exits_2(registered, capsys, tmp_path, monkeypatch):
+    _, weights = registered
+    monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path))
+    cases = [(["--arch", "torchvision:resnet9000", "--weights", str(weights)], "resnet9000"),
+             (["--arch", "torchvision:resnet34", "--weights", str(weights)], "weights"),
+             (["--arch", "torchvision:resnet18", "--weights", str(weights), "--classes", str(tmp_path / "no.txt")],
+              "no.txt")]
+    for extra, named in cases:
+        assert main(["register", "bad", *extra, "--input-size", str(SIZE)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("deconvlab register: error: ") and named in err, err
+    assert not (tmp_path / "registry.json").exists()  # nothing written for a model that does not load
+
+
+def test_served_models_ids(client, library_net):
+    m = client.get("/api/models").json()
+    ids = [d["id"] for d in m["models"]]
+    assert ids == ["tiny-rn", "model"]  # the checkpoint file is served under its stem
+    info = m["models"][0]
+    assert info["input_size"] == SIZE and info["arch"] == "torchvision:resnet18" and len(info["classes"]) == 10
+    names = [d["name"] for d in info["layers"]]
+    assert names == list(library_net.layers)
+    assert set(LAYERS) <= set(names)
+    assert client.get("/api/ready").json()["models"] == {"tiny-rn": True, "model": True}
+
+
+def test_predictions_and_input(client, image_id, library_net, sample_image):
+    q = {"model": "tiny-rn"}
+    r = client.get(f"/api/images/{image_id}/input.png", params=q)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (SIZE, SIZE)
+    r = client.get(f"/api/images/{image_id}/predictions", params={**q, "k": 3})
+    assert r.status_code == 200, r.text
+    with torch.no_grad():
+        want = torch.softmax(library_net.module(library_net.preprocess(sample_image)), 1)[0].topk(3)
+    got = r.json()["predictions"]
+    assert [p["class_index"] for p in got] == want.indices.tolist()
+    np.testing.assert_allclose([p["probability"] for p in got], want.values.tolist(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layer_unit_and_projections(client, image_id, library_net, sample_image, layer):
+    q = {"model": "tiny-rn"}
+    info = {d["name"]: d for d in library_net.layer_info()}[layer]
+    C, H, W = info["shape"]
+    r = client.get(f"/api/images/{image_id}/layers/{layer}", params=q)
+    assert r.status_code == 200, r.text
+    units = r.json()["units"]
+    assert len(units) == C and r.json()["shape"] == [C, H, W]
+    unit = max(units, key=lambda u: u["max"])["unit"]
+    r = client.get(f"/api/images/{image_id}/layers/{layer}/units/{unit}", params=q)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    rec = library_net.forward(library_net.preprocess(sample_image))
+    position, box = library_net.seed_box(rec, layer, unit)
+    assert d["position"] == list(position) and d["box"] == list(box)
+    assert d["max"] == pytest.approx(float(library_net.activation(rec, layer)[0, unit][position]), rel=1e-5)
+    t, l, b, rr = box
+    assert 0 <= t < b <= SIZE and 0 <= l < rr <= SIZE
+    r = client.get(f"/api/images/{image_id}/layers/{layer}/units/{unit}/map.png", params={**q, "size": 32})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    for method in ("deconv", "guided", "backprop"):
+        base = f"/api/images/{image_id}/layers/{layer}/units/{unit}/projection"
+        png = client.get(base, params={**q, "method": method})
+        assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (SIZE, SIZE), png.text
+        assert png.headers["x-receptive-field"] == ",".join(map(str, box))
+        r = client.get(base, params={**q, "method": method, "format": "npy"})
+        assert r.status_code == 200, r.text
+        p = np.load(io.BytesIO(r.content))
+        assert p.shape == (3, SIZE, SIZE) and np.abs(p).max() > 0
+        outside = np.ones((SIZE, SIZE), bool)
+        outside[t:b, l:rr] = False
+        assert np.abs(p[:, outside]).max(initial=0) == 0  # a point seed reaches only its receptive field
+        want = library_net.project(rec, layer, unit, method=method, seed="point", position=position)
+        want = want.detach().float().cpu().numpy().reshape(p.shape)
+        np.testing.assert_allclose(p, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+        m = client.get(base, params={**q, "method": method, "seed": "map", "format": "npy"})
+        assert m.status_code == 200 and np.abs(np.load(io.BytesIO(m.content))).max() > 0
+
+
+def test_occlusion_and_filters(client, image_id, library_net):
+    q = {"model": "tiny-rn"}
+    r = client.post(f"/api/images/{image_id}/occlusion", params=q,
+                    json={"size": 32, "stride": 16, "layer": "layer3.1"})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    gh, gw = d["grid"]
+    assert gh == gw == (SIZE - 32) // 16 + 1
+    assert np.array(d["probability"]).shape == (gh, gw) and np.array(d["activation"]).shape == (gh, gw)
+    for kind in ("activation", "probability", "top_class"):
+        png = client.get(d["urls"][kind])
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png", png.text
+    r = client.get("/api/layers/conv1/filters.png", params=q)
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size[0] > 7 * 8  # 64 filters of 7x7 in a mosaic
+
+
+def test_top_k_without_an_index_is_503(client):
+    r = client.get("/api/layers/layer3.1/units/0/top", params={"model": "tiny-rn"})
+    assert r.status_code == 503, r.text
