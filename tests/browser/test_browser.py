@@ -595,6 +595,9 @@ def test_accessibility_axe(server, browser, scheme):
         pg.click("[data-testid=layer-tab][data-layer=conv2]")
         pg.click("[data-testid=unit][data-unit='1']")
         _wait_img(pg, ".projection-img")
+        if label == "phone":  # the projection is brought into view after the tap (it starts below the fold)
+            pg.wait_for_function("() => { const r = document.querySelector('[data-testid=projection]')"
+                                 ".getBoundingClientRect(); return r.top < innerHeight && r.bottom > 0; }")
         found += _axe(pg, f"{scheme} {label} unit")
         if _served_graph_model(server):
             pg.select_option("[data-testid=model-select]", TINY_RESNET)

@@ -15,6 +15,7 @@ export function createKeyboardView({
         if (e.key === 'Escape') { handlers.closePanels(); return; }
         const t = e.target;
         if (t && (TYPING.has(t.tagName) || t.isContentEditable)) return;
+        if (t && t.closest && t.closest('[data-own-arrows]')) return; // a strip that scrolls by arrows
         const step = { ArrowLeft: -1, ArrowRight: 1, ArrowUp: -columns(), ArrowDown: columns() }[e.key];
         if (step !== undefined) {
           e.preventDefault();
