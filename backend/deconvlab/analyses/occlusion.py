@@ -20,7 +20,10 @@ Assumptions, stated once:
   ``(H - size) // stride + 1`` by ``(W - size) // stride + 1``.
 * The model is an ``nn.Sequential`` in eval mode whose children carry the
   paper's names (``deconvlab.nets``); a layer's activation is the output of
-  ``layer_map(model)[layer]`` (after its ReLU).
+  ``layer_map(model)[layer]`` (after its ReLU). Or it is a ``Net`` on the graph
+  engine (any CNN): a layer is one of ``net.layers``, and every occluded image
+  runs the whole network (batched; the incremental route below follows a chain
+  of layers only).
 
 Speed: incremental recomputation, after Krypton (Nakandala, Kumar and
 Papakonstantinou, "Incremental and Approximate Inference for Faster
@@ -76,6 +79,7 @@ class OcclusionResult:
     base_top_class: int = 0
     passes: int = 0  # forward passes counted (one per position, plus the unoccluded one)
     positions: list = field(default_factory=list)  # (top, left) of the square, row-major
+    method: str = "incremental"  # what ran: "incremental" or "full" (always "full" for a graph net)
 
 
 def occlusion_grid(height: int, width: int, size: int, stride: int) -> tuple[int, int]:
@@ -93,36 +97,35 @@ def occlusion_passes(height: int, width: int, size: int, stride: int) -> int:
     return gh * gw + 1
 
 
-def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str = "conv5",
+def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str | None = None,
               class_index: int | None = None, feature_map: int | None = None, batch_size: int = 128,
               max_passes: int | None = None, method: str = "incremental", fallback: float = 0.9,
               progress=None) -> OcclusionResult:
     """Slide a grey ``size`` x ``size`` square with ``stride`` over ``x`` and record Fig. 7's maps.
 
-    ``net``: a :class:`deconvlab.net.Net` or a named ``nn.Sequential`` (eval mode).
-    ``x``: the normalised input, 1x3xHxW (or 3xHxW), on the model's device.
+    ``net``: a :class:`deconvlab.net.Net` (either engine) or a named ``nn.Sequential`` (eval mode).
+    ``x``: the normalised input, 1xCxHxW (or CxHxW), on the model's device.
+    ``layer``: the layer whose feature map is tracked (default: ``conv5`` of a paper model, the
+    last layer of kind conv of a graph net).
     ``class_index``: the class whose probability is mapped (default: top-1 of ``x``).
     ``feature_map``: the channel of ``layer`` to track (default: the strongest in ``x``).
     ``max_passes``: refuse (ValueError, saying the budget) runs needing more forward passes.
     ``method``: ``"incremental"`` (Krypton-style, the default) or ``"full"`` (every occluded
-    image through the whole network; the reference).
+    image through the whole network; the reference). A graph-engine net always runs
+    ``"full"`` (the patch bookkeeping follows a chain of layers, not a graph), in batches
+    of at most ``GRAPH_BATCH`` through the streaming scan loop (``index.scan_graph.stream``:
+    only ``layer`` and the logits are kept); ``OcclusionResult.method`` says what ran.
     ``progress``: optional callable ``(done, total)`` called after each batch.
 
     Raises KeyError for an unknown layer and ValueError for a bad size, stride,
     class index, feature map or budget.
     """
-    module = getattr(net, "module", net)
-    if not isinstance(module, nn.Sequential):
-        raise ValueError(f"occlusion needs a named nn.Sequential, got {type(module).__name__}")
     if method not in ("incremental", "full"):
         raise ValueError(f"method: expected 'incremental' or 'full', got {method!r}")
-    lmap = layer_map(module)
-    if layer not in lmap:
-        raise KeyError(f"unknown layer: expected one of {list(lmap)}, got {layer!r}")
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"x: expected one image, 1x3xHxW, got shape {tuple(x.shape)}")
+        raise ValueError(f"x: expected one image, 1xCxHxW, got shape {tuple(x.shape)}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     H, W = int(x.shape[2]), int(x.shape[3])
@@ -131,47 +134,23 @@ def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str 
     if max_passes is not None and passes > max_passes:
         raise ValueError(f"occlusion with size {size} and stride {stride} needs {passes} forward passes "
                          f"({gh}x{gw} positions + 1); the budget is {max_passes}")
-    children = list(module.named_children())
-    target = lmap[layer]
-    t_index = [n for n, _ in children].index(target)
-
+    positions = [(i * stride, j * stride) for i in range(gh) for j in range(gw)]
+    if getattr(net, "engine", None) == "graph":
+        layer = layer if layer is not None else _last_conv_layer(net)
+        net.check_layer(layer)
+        run = _GraphRun(net, layer, x, size, min(batch_size, GRAPH_BATCH))
+        method = "full"
+    else:
+        module = getattr(net, "module", net)
+        if not isinstance(module, nn.Sequential):
+            raise ValueError(f"occlusion needs a Net or a named nn.Sequential, got {type(module).__name__}")
+        layer = "conv5" if layer is None else layer
+        run = _SequentialRun(module, layer, x, size, method, fallback, positions)
     with torch.inference_mode():
-        # the unoccluded pass: keep every child's input (the cache the patches read from)
-        inputs = [x]  # inputs[i] is child i's input, inputs[i + 1] its output
-        for _, m in children:
-            inputs.append(m(inputs[-1]))
-        logits0 = inputs[-1]
-        act0 = inputs[t_index + 1]
-        if feature_map is None:
-            flat = act0[0].reshape(act0.shape[1], -1)
-            feature_map = int(flat.max(dim=1).values.argmax())
-        elif not isinstance(feature_map, int) or not 0 <= feature_map < act0.shape[1]:
-            raise ValueError(f"feature_map: expected 0..{act0.shape[1] - 1} for layer {layer}, got {feature_map!r}")
-        num_classes = logits0.shape[1]
-        prob0 = torch.softmax(logits0.float(), dim=1)[0]
-        if class_index is None:
-            class_index = int(prob0.argmax())
-        elif not isinstance(class_index, int) or not 0 <= class_index < num_classes:
-            raise ValueError(f"class_index: expected 0..{num_classes - 1}, got {class_index!r}")
-
-        positions = [(i * stride, j * stride) for i in range(gh) for j in range(gw)]
-        act = np.empty(len(positions), np.float64)
-        prob = np.empty(len(positions), np.float64)
-        top = np.empty(len(positions), np.int64)
-        run = _run_incremental if method == "incremental" else _run_full
-        order = list(range(len(positions)))
-        if method == "incremental":  # batch positions whose changed regions are alike: smaller common patches
-            order.sort(key=_extent_key(children, inputs, positions, size))
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            a, logits = run(children, inputs, x, [positions[k] for k in idx], size, t_index, feature_map, fallback)
-            p = torch.softmax(logits.float(), dim=1)
-            act[idx] = a.double().cpu().numpy()
-            prob[idx] = p[:, class_index].double().cpu().numpy()
-            top[idx] = p.argmax(dim=1).cpu().numpy()
-            if progress is not None:
-                progress(s + len(idx), len(positions))
-
+        act0, logits0 = run.base()
+        feature_map, class_index, prob0 = _choose(act0, logits0, layer, feature_map, class_index)
+        order = run.order if run.order is not None else list(range(len(positions)))
+        act, prob, top = _maps(run, positions, order, batch_size, feature_map, class_index, progress)
     return OcclusionResult(
         size=size, stride=stride, grid=(gh, gw), layer=layer, feature_map=feature_map,
         class_index=class_index,
@@ -179,7 +158,103 @@ def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str 
         probability=prob.reshape(gh, gw).astype(np.float32),
         top_class=top.reshape(gh, gw),
         base_activation=float(_total(act0, feature_map)[0]), base_probability=float(prob0[class_index]),
-        base_top_class=int(prob0.argmax()), passes=passes, positions=positions)
+        base_top_class=int(prob0.argmax()), passes=passes, positions=positions, method=method)
+
+
+GRAPH_BATCH = 32  # occluded images per forward pass of a graph net (its live values, not one layer's, are held)
+
+
+def _last_conv_layer(net) -> str:
+    convs = [d["name"] for d in net.layer_info() if d["kind"] != "fc"]
+    if not convs:
+        raise ValueError(f"occlusion: expected a model with a spatial layer to track, got only {net.layers}")
+    return convs[-1]
+
+
+def _choose(act0, logits0, layer, feature_map, class_index):
+    """The tracked feature map (default: the strongest) and class (default: top-1), and p(unoccluded)."""
+    if feature_map is None:
+        feature_map = int(act0[0].reshape(act0.shape[1], -1).max(dim=1).values.argmax())
+    elif not isinstance(feature_map, int) or not 0 <= feature_map < act0.shape[1]:
+        raise ValueError(f"feature_map: expected 0..{act0.shape[1] - 1} for layer {layer}, got {feature_map!r}")
+    num_classes = logits0.shape[1]
+    prob0 = torch.softmax(logits0.float(), dim=1)[0]
+    if class_index is None:
+        class_index = int(prob0.argmax())
+    elif not isinstance(class_index, int) or not 0 <= class_index < num_classes:
+        raise ValueError(f"class_index: expected 0..{num_classes - 1}, got {class_index!r}")
+    return feature_map, class_index, prob0
+
+
+def _maps(run, positions, order, batch_size, c, class_index, progress):
+    """The three maps over ``positions``, batches taken in ``order``."""
+    act = np.empty(len(positions), np.float64)
+    prob = np.empty(len(positions), np.float64)
+    top = np.empty(len(positions), np.int64)
+    step = run.batch_size or batch_size
+    for s in range(0, len(order), step):
+        idx = order[s:s + step]
+        a, logits = run.batch([positions[k] for k in idx], c)
+        p = torch.softmax(logits.float(), dim=1)
+        act[idx] = a.double().cpu().numpy()
+        prob[idx] = p[:, class_index].double().cpu().numpy()
+        top[idx] = p.argmax(dim=1).cpu().numpy()
+        if progress is not None:
+            progress(s + len(idx), len(positions))
+    return act, prob, top
+
+
+class _SequentialRun:
+    """A named Sequential: every child's unoccluded input cached, batches incremental or full."""
+
+    batch_size = 0  # the caller's
+
+    def __init__(self, module, layer, x, size, method, fallback, positions):
+        lmap = layer_map(module)
+        if layer not in lmap:
+            raise KeyError(f"unknown layer: expected one of {list(lmap)}, got {layer!r}")
+        self.children = list(module.named_children())
+        self.t_index = [n for n, _ in self.children].index(lmap[layer])
+        self.x, self.size, self.method, self.fallback = x, size, method, fallback
+        self.positions = positions
+        self.order = list(range(len(positions)))
+
+    def base(self):
+        # the unoccluded pass: keep every child's input (the cache the patches read from)
+        self.inputs = [self.x]  # inputs[i] is child i's input, inputs[i + 1] its output
+        for _, m in self.children:
+            self.inputs.append(m(self.inputs[-1]))
+        if self.method == "incremental":  # batch positions whose changed regions are alike: smaller patches
+            self.order.sort(key=_extent_key(self.children, self.inputs, self.positions, self.size))
+        return self.inputs[self.t_index + 1], self.inputs[-1]
+
+    def batch(self, batch, c):
+        run = _run_incremental if self.method == "incremental" else _run_full
+        return run(self.children, self.inputs, self.x, batch, self.size, self.t_index, c, self.fallback)
+
+
+class _GraphRun:
+    """A graph-engine net: full forward passes of the occluded images, streamed (layer + logits kept)."""
+
+    def __init__(self, net, layer, x, size, batch_size):
+        from ..index.scan_graph import _layer_node
+
+        self.net, self.x, self.size, self.batch_size = net, x, size, batch_size
+        self.node = layer if net.untraceable else _layer_node(net, layer)
+        self.order = None
+
+    def _run(self, xb):
+        from ..index.scan_graph import OUTPUT, stream
+
+        got = dict(stream(self.net, xb, {self.node, OUTPUT}))
+        return got[self.node], got[OUTPUT]
+
+    def base(self):
+        return self._run(self.x)
+
+    def batch(self, batch, c):
+        a, logits = self._run(_occluded_inputs(self.x, batch, self.size))
+        return _total(a, c), logits
 
 
 def _total(a: torch.Tensor, c: int) -> torch.Tensor:

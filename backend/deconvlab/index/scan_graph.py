@@ -92,10 +92,11 @@ def _layer_node(net, layer: str) -> str:
     return _engine(net).node_of(net.node(layer))
 
 
-def graph_index_layers(net, input_size: int | None = None) -> list[dict]:
+def graph_index_layers(net, input_size: int | None = None, every: bool = False) -> list[dict]:
     """The layers a graph-engine ``net`` indexes (the module docstring's rule), as
     ``LayerInfo`` fields ``{name, child (the fx node), kind, units, shape, offset}``, forward order.
 
+    ``every=True``: every fx node that is a layer, once (the benchmark's upper bound).
     ``input_size`` other than the net's own is a ``ValueError`` (the shapes are the net's)."""
     eng = _engine(net)
     if input_size is not None and int(input_size) != int(net.meta.input_size):
@@ -113,7 +114,7 @@ def graph_index_layers(net, input_size: int | None = None) -> list[dict]:
         for layer in net.layers:
             node = by_name[_layer_node(net, layer)]
             readers = list(node.users)
-            if len(readers) == 1 and _pointwise(readers[0], eng.root):
+            if not every and len(readers) == 1 and _pointwise(readers[0], eng.root):
                 continue
             if node.name in seen:  # a second name for one node: the first module path (the block) wins
                 if names[seen[node.name]] not in modules and layer in modules:
