@@ -93,6 +93,105 @@ export function createUnitView(root = document) {
     });
   }
 
+  /** What every part of the render needs: the unit, its layer's kind and map shape, names for files. */
+  function context(state, { model, layerInfo, box: rf }) {
+    const has = state.unit !== null;
+    const isFc = !!(layerInfo && !(Array.isArray(layerInfo.shape) && layerInfo.shape.length === 3));
+    const shape = layerInfo && !isFc ? layerInfo.shape : null;
+    mapShape = shape ? [shape[1], shape[2]] : null;
+    const u = state.unitData;
+    const fresh = u.status === 'ok' && u.data.unit === state.unit && u.data.layer === state.layer;
+    const names = { model: model ? model.id : state.model, image: state.image, layer: state.layer, unit: state.unit };
+    return { model, rf, has, isFc, u, fresh, names };
+  }
+
+  /** Title, the unit's max in words, method and seed controls, the seed's position. */
+  function renderUnit(state, { has, isFc, u, fresh }) {
+    title.textContent = has ? `${state.layer} · unit ${state.unit}` : 'Unit';
+    section.classList.toggle('empty', !has);
+
+    for (const el of methods.querySelectorAll('input')) el.checked = el.value === state.method;
+    for (const el of seeds.querySelectorAll('input')) { el.checked = el.value === state.seed; el.disabled = isFc; }
+
+    if (!has) showStatus(status, { status: 'idle' }, { idle: 'Click a feature map to see what drives it.' });
+    else if (!state.image) showStatus(status, { status: 'idle' }, { idle: 'Bring an image to project this unit (its top 9 are below).' });
+    else if (u.status === 'error') showStatus(status, u);
+    else if (!fresh) showStatus(status, { status: 'loading' }, { loading: `Loading unit ${state.unit}…` });
+    else {
+      status.classList.remove('error', 'loading');
+      status.hidden = false;
+      const p = u.data.position;
+      status.textContent = `max ${fmt(u.data.max)}${p ? ` at ${rowCol(p)} of its ${mapShape ? `${mapShape[0]}×${mapShape[1]} ` : ''}map` : ''}`;
+    }
+
+    if (isFc || state.seed === 'map') posText.textContent = isFc ? 'fc unit: the whole unit is the seed.' : 'Seed: every position of the map.';
+    else if (state.position) posText.textContent = `From ${rowCol(state.position)}.`;
+    else posText.textContent = 'From the strongest position.';
+    clearPos.hidden = !state.position;
+  }
+
+  /** The input with its receptive field, the projection, its explanation, download and crop. */
+  function renderProjection(state, { model, rf, has, isFc, names }) {
+    // Input beside the projection, receptive field outlined.
+    setSrc(input, has && state.input.status === 'ok' ? state.input.data.url : null);
+    placeBox(box, has && model ? boxToPercent(rf, model.input_size) : null);
+
+    // Projection.
+    const pr = state.projection;
+    if (!has || !state.image) {
+      setSrc(proj, null);
+      showStatus(projStatus, { status: 'idle' }, { idle: has ? 'Needs an image.' : 'No unit chosen.' });
+    } else {
+      setSrc(proj, pr.data ? pr.data.url : null);
+      showStatus(projStatus, pr, { loading: 'Projecting…' });
+      proj.style.opacity = pr.status === 'loading' ? '0.5' : '1';
+    }
+    const method = METHODS.find((m) => m.id === state.method);
+    const seed = SEEDS.find((x) => x.id === state.seed);
+    projCaption.textContent = `${method ? method.label : state.method} projection`;
+    explainMethod.textContent = method ? method.help : '';
+    explainSeed.textContent = isFc ? 'An fc unit has no positions: the unit itself is the seed.' : (seed ? seed.help : '');
+    const projName = figureFileName({ ...names, figure: 'projection', method: state.method, seed: isFc ? null : state.seed, position: state.seed === 'point' ? state.position : null });
+    cropName = figureFileName({ ...names, figure: 'projection-crop', method: state.method, seed: 'point', position: state.position });
+    setDownload(dlProjection, has && state.image && pr.status === 'ok' && pr.data ? pr.data.url : null, projName);
+    // Fig. 2's view: the point seed's projection cut to its receptive field.
+    crop.box = has && state.image && !isFc && state.seed === 'point' && pr.status === 'ok' && pr.data ? pr.data.box : null;
+    crop.inputSize = model ? model.input_size : null;
+    drawCrop();
+  }
+
+  /** The feature map, its marks, keyboard position and download; on a phone, scroll to the projection. */
+  function renderMap(state, { has, isFc, u, fresh, names }) {
+    const um = state.unitMap;
+    // Feature map.
+    keyPos = state.position ?? (fresh ? u.data.position : null) ?? null;
+    mapStack.tabIndex = mapShape && has && state.image ? 0 : -1;
+    mapStack.setAttribute('role', 'group');
+    mapStack.setAttribute('aria-label', mapShape ? `Feature map ${mapShape[0]}×${mapShape[1]}: arrow keys pick the position to project from${keyPos ? `; now ${rowCol(keyPos)}` : ''}` : 'Feature map');
+    setDownload(dlMap, has && state.image && um.status === 'ok' && um.data && !isFc ? um.data.url : null,
+      figureFileName({ ...names, figure: 'map' }));
+    if (!has || !state.image) {
+      setSrc(map, null);
+      showStatus(mapStatus, { status: 'idle' });
+    } else if (isFc) {
+      setSrc(map, null);
+      showStatus(mapStatus, { status: 'idle' }, { idle: `${state.layer} has no spatial map: one value per unit${fresh ? ` (${fmt(u.data.max)})` : ''}.` });
+    } else {
+      setSrc(map, um.data ? um.data.url : null);
+      showStatus(mapStatus, um, { loading: 'Loading the feature map…' });
+    }
+    mapCaption.textContent = mapShape ? `Feature map ${mapShape[0]}×${mapShape[1]}: click a position` : 'Feature map';
+    const showMarks = !!(map.getAttribute('src') && !map.hidden);
+    mark(markStrong, showMarks && fresh ? u.data.position : null);
+    mark(markChosen, showMarks && state.seed === 'point' ? state.position : null);
+    if (has && state.unit !== lastUnit && lastUnit !== undefined && window.matchMedia && window.matchMedia('(max-width: 700px)').matches) {
+      const fig = $('[data-testid="projection"]', root);
+      const r = fig.getBoundingClientRect();
+      if (r.top > window.innerHeight || r.bottom < 0) fig.scrollIntoView({ block: 'center', behavior: 'smooth' });
+    }
+    lastUnit = state.unit;
+  }
+
   return {
     bind(h_) {
       handlers = h_;
@@ -120,91 +219,11 @@ export function createUnitView(root = document) {
       cropContrast.addEventListener('input', redraw);
       proj.addEventListener('load', redraw);
     },
-    render(state, { model, layerInfo, box: rf }) {
-      const has = state.unit !== null;
-      const isFc = !!(layerInfo && !(Array.isArray(layerInfo.shape) && layerInfo.shape.length === 3));
-      const shape = layerInfo && !isFc ? layerInfo.shape : null;
-      mapShape = shape ? [shape[1], shape[2]] : null;
-      title.textContent = has ? `${state.layer} · unit ${state.unit}` : 'Unit';
-      section.classList.toggle('empty', !has);
-
-      for (const el of methods.querySelectorAll('input')) el.checked = el.value === state.method;
-      for (const el of seeds.querySelectorAll('input')) { el.checked = el.value === state.seed; el.disabled = isFc; }
-
-      const u = state.unitData;
-      const um = state.unitMap;
-      const fresh = u.status === 'ok' && u.data.unit === state.unit && u.data.layer === state.layer;
-      if (!has) showStatus(status, { status: 'idle' }, { idle: 'Click a feature map to see what drives it.' });
-      else if (!state.image) showStatus(status, { status: 'idle' }, { idle: 'Bring an image to project this unit (its top 9 are below).' });
-      else if (u.status === 'error') showStatus(status, u);
-      else if (!fresh) showStatus(status, { status: 'loading' }, { loading: `Loading unit ${state.unit}…` });
-      else {
-        status.classList.remove('error', 'loading');
-        status.hidden = false;
-        const p = u.data.position;
-        status.textContent = `max ${fmt(u.data.max)}${p ? ` at ${rowCol(p)} of its ${mapShape ? `${mapShape[0]}×${mapShape[1]} ` : ''}map` : ''}`;
-      }
-
-      if (isFc || state.seed === 'map') posText.textContent = isFc ? 'fc unit: the whole unit is the seed.' : 'Seed: every position of the map.';
-      else if (state.position) posText.textContent = `From ${rowCol(state.position)}.`;
-      else posText.textContent = 'From the strongest position.';
-      clearPos.hidden = !state.position;
-
-      // Input beside the projection, receptive field outlined.
-      setSrc(input, has && state.input.status === 'ok' ? state.input.data.url : null);
-      placeBox(box, has && model ? boxToPercent(rf, model.input_size) : null);
-
-      // Projection.
-      const pr = state.projection;
-      if (!has || !state.image) {
-        setSrc(proj, null);
-        showStatus(projStatus, { status: 'idle' }, { idle: has ? 'Needs an image.' : 'No unit chosen.' });
-      } else {
-        setSrc(proj, pr.data ? pr.data.url : null);
-        showStatus(projStatus, pr, { loading: 'Projecting…' });
-        proj.style.opacity = pr.status === 'loading' ? '0.5' : '1';
-      }
-      const method = METHODS.find((m) => m.id === state.method);
-      const seed = SEEDS.find((x) => x.id === state.seed);
-      projCaption.textContent = `${method ? method.label : state.method} projection`;
-      explainMethod.textContent = method ? method.help : '';
-      explainSeed.textContent = isFc ? 'An fc unit has no positions: the unit itself is the seed.' : (seed ? seed.help : '');
-      const names = { model: model ? model.id : state.model, image: state.image, layer: state.layer, unit: state.unit };
-      const projName = figureFileName({ ...names, figure: 'projection', method: state.method, seed: isFc ? null : state.seed, position: state.seed === 'point' ? state.position : null });
-      cropName = figureFileName({ ...names, figure: 'projection-crop', method: state.method, seed: 'point', position: state.position });
-      setDownload(dlProjection, has && state.image && pr.status === 'ok' && pr.data ? pr.data.url : null, projName);
-      // Fig. 2's view: the point seed's projection cut to its receptive field.
-      crop.box = has && state.image && !isFc && state.seed === 'point' && pr.status === 'ok' && pr.data ? pr.data.box : null;
-      crop.inputSize = model ? model.input_size : null;
-      drawCrop();
-
-      // Feature map.
-      keyPos = state.position ?? (fresh ? u.data.position : null) ?? null;
-      mapStack.tabIndex = mapShape && has && state.image ? 0 : -1;
-      mapStack.setAttribute('role', 'group');
-      mapStack.setAttribute('aria-label', mapShape ? `Feature map ${mapShape[0]}×${mapShape[1]}: arrow keys pick the position to project from${keyPos ? `; now ${rowCol(keyPos)}` : ''}` : 'Feature map');
-      setDownload(dlMap, has && state.image && um.status === 'ok' && um.data && !isFc ? um.data.url : null,
-        figureFileName({ ...names, figure: 'map' }));
-      if (!has || !state.image) {
-        setSrc(map, null);
-        showStatus(mapStatus, { status: 'idle' });
-      } else if (isFc) {
-        setSrc(map, null);
-        showStatus(mapStatus, { status: 'idle' }, { idle: `${state.layer} has no spatial map: one value per unit${fresh ? ` (${fmt(u.data.max)})` : ''}.` });
-      } else {
-        setSrc(map, um.data ? um.data.url : null);
-        showStatus(mapStatus, um, { loading: 'Loading the feature map…' });
-      }
-      mapCaption.textContent = mapShape ? `Feature map ${mapShape[0]}×${mapShape[1]}: click a position` : 'Feature map';
-      const showMarks = !!(map.getAttribute('src') && !map.hidden);
-      mark(markStrong, showMarks && fresh ? u.data.position : null);
-      mark(markChosen, showMarks && state.seed === 'point' ? state.position : null);
-      if (has && state.unit !== lastUnit && lastUnit !== undefined && window.matchMedia && window.matchMedia('(max-width: 700px)').matches) {
-        const fig = $('[data-testid="projection"]', root);
-        const r = fig.getBoundingClientRect();
-        if (r.top > window.innerHeight || r.bottom < 0) fig.scrollIntoView({ block: 'center', behavior: 'smooth' });
-      }
-      lastUnit = state.unit;
+    render(state, derived) {
+      const c = context(state, derived);
+      renderUnit(state, c);
+      renderProjection(state, c);
+      renderMap(state, c);
     },
   };
 }
