@@ -187,11 +187,17 @@ def test_occlusion_and_filters(client, image_id, library_net):
     for kind in ("activation", "probability", "top_class"):
         png = client.get(d["urls"][kind])
         assert png.status_code == 200 and png.headers["content-type"] == "image/png", png.text
+    r = client.post(f"/api/images/{image_id}/occlusion", params=q, json={"size": 32, "stride": 32})
+    assert r.status_code == 200 and r.json()["layer"] == "layer4", r.text  # no conv5: the last map over 1x1
+    r = client.post(f"/api/images/{image_id}/occlusion", params=q, json={"size": 32, "stride": 32, "layer": "conv5"})
+    assert r.status_code == 404 and "conv5" in r.json()["detail"]  # a layer named is never replaced
     r = client.get("/api/layers/conv1/filters.png", params=q)
     assert r.status_code == 200, r.text
     assert Image.open(io.BytesIO(r.content)).size[0] > 7 * 8  # 64 filters of 7x7 in a mosaic
 
 
-def test_top_k_without_an_index_is_503(client):
-    r = client.get("/api/layers/layer3.1/units/0/top", params={"model": "tiny-rn"})
-    assert r.status_code == 503, r.text
+def test_data_set_routes_without_a_data_set_are_503(client):
+    q = {"model": "tiny-rn"}
+    for route in ("top", "evolution"):
+        r = client.get(f"/api/layers/layer3.1/units/0/{route}", params=q)
+        assert r.status_code == 503 and "data set" in r.json()["detail"], r.text

@@ -119,7 +119,8 @@ class OcclusionRequest(BaseModel):
 
     size: int = Field(32, description="side of the grey square, input pixels")
     stride: int = Field(8, description="step between square positions, input pixels")
-    layer: str = Field("conv5", description="layer whose strongest feature map is tracked")
+    layer: str = Field("conv5", description="layer whose strongest feature map is tracked; left out on a "
+                                            "model without conv5: its last conv layer with a map over 1x1")
     class_index: int | None = Field(None, description="class whose probability is mapped; default: top-1")
 
 

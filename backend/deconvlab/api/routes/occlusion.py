@@ -40,6 +40,16 @@ def _check(slot, req: OcclusionRequest, budget: int) -> int:
     return passes
 
 
+def _default_layer(slot, req: OcclusionRequest) -> OcclusionRequest:
+    """A body without ``layer`` on a model without ``conv5`` (a resnet, the user's own net): its last
+    conv layer with a map larger than 1x1 (resnet18: ``layer4``), the nearest thing to the paper's conv5.
+    A ``layer`` the client names is never replaced (an unknown one is a 404)."""
+    if "layer" in req.model_fields_set or any(d["name"] == req.layer for d in slot.info):
+        return req
+    maps = [d["name"] for d in slot.info if d["kind"] == "conv" and d["shape"][1] * d["shape"][2] > 1]
+    return req.model_copy(update={"layer": maps[-1]}) if maps else req
+
+
 def _response(oid: str, meta: dict, arrays: dict) -> OcclusionResponse:
     return OcclusionResponse(occlusion_id=oid, **meta, **{k: arrays[k].tolist() for k in KINDS},
                              urls={k: f"/api/occlusions/{oid}/{k}.png" for k in KINDS})
@@ -66,6 +76,7 @@ async def run_occlusion(request: Request, state: State, slot: Model, img: Image,
                         req: OcclusionRequest) -> OcclusionResponse:
     """Slide a grey square over the image; per position the layer's strongest map's total
     activation, the class's probability and the most probable class."""
+    req = _default_layer(slot, req)
     passes = _check(slot, req, state.settings.occlusion_max_passes)
     oid = state.occlusions.key(slot.name, img.image_id, req.size, req.stride, req.layer, req.class_index)
     found = state.occlusions.get(oid)
