@@ -50,3 +50,24 @@ def test_snapshots_load_for_feature_evolution():
     for p in snaps:
         _, m = load_checkpoint(p)
         assert m.config == meta.config
+
+
+def test_the_resnet_is_registered_beside_the_default_and_its_files_match_its_card():
+    reg = read_registry()
+    assert reg["default"] == "zfnet-imagenette" and "resnet18-imagenette" in reg["models"]
+    card = json.loads((ROOT / "resnet18-imagenette" / "card.json").read_text())
+    for rel, sha in card["sha256"].items():
+        assert file_digest(ROOT / "resnet18-imagenette" / rel) == sha, rel
+    model, meta = resolve("resnet18-imagenette")
+    assert meta.arch == "resnet18" and meta.input_size == card["served_input_size"] and len(meta.classes) == 10
+    assert type(model).__name__ == "ResNet"  # torchvision's own module, run by the graph engine
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(DATA, "val").is_dir(), reason="DECONVLAB_DATA (Imagenette) is not on this machine")
+def test_the_resnet_reaches_86_percent_on_a_fixed_val_subset():
+    from deconvlab.training.evaluate import evaluate_model
+
+    res = evaluate_model("resnet18-imagenette", data=DATA, split="val", limit=500, device="cpu", progress=False)
+    assert res["n"] == 500
+    assert res["top1"] >= 0.86, res["top1"]

@@ -53,17 +53,20 @@ def _publish_options(p) -> None:
     p.add_argument("--data", default="", help="ImageFolder root for the val evaluation (default: the run's)")
     p.add_argument("--default", action="store_true", help="make it the registry's default model")
     p.add_argument("--command", default="", help="the command that reproduces the run (for the card)")
+    p.add_argument("--input-size", type=int, default=0,
+                   help="serve and evaluate the model at this size (default: the run's input size)")
 
 
 def _publish(args) -> int:
     from ..training.modelcard import publish
 
-    card = publish(args.run, args.name, data=args.data or None, command=args.command, default=args.default)
+    card = publish(args.run, args.name, data=args.data or None, command=args.command, default=args.default,
+                   input_size=args.input_size or None)
     print(json.dumps({"name": card["name"], "val_top1": card["val_top1"], "sha256": card["sha256"]}, indent=2))
     return 0
 
 
-TRAIN = Command("train a ZFNet on an ImageFolder data set (the paper's recipe)", _train_options, _train)
+TRAIN = Command("train a ZFNet or a ResNet-18 on an ImageFolder data set (the paper's recipe)", _train_options, _train)
 EVALUATE = Command("top-1, per-class accuracy and confusion matrix of a model", _evaluate_options, _evaluate)
 PUBLISH = Command("copy a training run into models/ with a model card and a registry entry", _publish_options,
                   _publish)
