@@ -14,9 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..data import file_digest
 from .evaluate import evaluate_model
-from ..nets import load_checkpoint, models_dir
+from ..nets import load_checkpoint, models_dir, save_checkpoint
 
 
 def _write_json(path: Path, obj) -> None:
@@ -37,12 +39,22 @@ def register(name: str, entry: dict, root: Path | None = None, default: bool = F
 
 
 def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str | None = None,
-            command: str = "", default: bool = False, progress: bool = True) -> dict:
+            command: str = "", default: bool = False, progress: bool = True,
+            input_size: int | None = None) -> dict:
+    """``input_size``: serve (and evaluate) the model at another size than it was trained at; a
+    net with a global pool trained on random-resized crops often does better a little larger
+    (Touvron et al., "Fixing the train-test resolution discrepancy", NeurIPS 2019). The card says so."""
     run = Path(run_dir)
     root = root or models_dir()
     dest = root / name
     (dest / "snapshots").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(run / "model.safetensors", dest / "model.safetensors")
+    if input_size:
+        model, meta = load_checkpoint(run / "model.safetensors")
+        meta.input_size = int(input_size)
+        half = next(model.parameters()).dtype == torch.float16
+        save_checkpoint(dest / "model.safetensors", model, meta, half=half)
+    else:
+        shutil.copy2(run / "model.safetensors", dest / "model.safetensors")
     for snap in sorted((run / "snapshots").glob("epoch-*.safetensors")):
         shutil.copy2(snap, dest / "snapshots" / snap.name)
     register(name, {"checkpoint": f"{name}/model.safetensors", "snapshots": f"{name}/snapshots",
@@ -59,6 +71,8 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
         "recipe": {k: v for k, v in config.items() if k not in ("data", "out", "progress")},
         "command": command,
         "wall_time_s": round(sum(r["epoch_s"] for r in log), 1),
+        "served_input_size": meta.input_size,
+        "trained_input_size": config.get("input_size"),
         "epochs": log,
         "val_top1": ev["top1"],
         "val_images": ev["n"],
@@ -131,7 +145,8 @@ def render_card(c: dict) -> str:
         "## Result",
         f"- Wall time of the training epochs: {c['wall_time_s'] / 60:.1f} min on this project's 2-core CPU machine"
         " (shared with other work while it ran).",
-        f"- Val top-1: {c['val_top1'] * 100:.2f}%.",
+        f"- Val top-1: {c['val_top1'] * 100:.2f}%, at {c.get('served_input_size', r['input_size'])} px "
+        f"(the size the model is served at; trained at up to {r['input_size']} px).",
         "",
         "| epoch | size | train loss | train acc | val top-1 | epoch time (s) |",
         "|---|---|---|---|---|---|",
