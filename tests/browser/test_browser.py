@@ -396,6 +396,12 @@ def test_graph_model_picker_search_unit_and_deep_link(server, page, tmp_path):
     names = [l["name"] for l in model["layers"]]
     assert st["layer"] in names
     assert f"model={TINY_RESNET}" in page.url
+    # Its predictions: as many as it has classes (3 < 5), the same as the API's.
+    k = min(5, len(model["classes"]))
+    page.wait_for_function("k => document.querySelectorAll('[data-testid=prediction]').length === k", arg=k)
+    api = httpx.get(f"{server}/api/images/{image}/predictions", params={"model": TINY_RESNET, "k": k}).json()["predictions"]
+    assert page.locator("[data-testid=prediction] .pred-label").all_inner_texts() == [f"{i + 1}. {p['label']}" for i, p in enumerate(api)]
+    assert page.inner_text("#pred-title") == f"Top-{k} predictions"
 
     # Grouping: the stages as the API's parents say, each showing its block outputs; inner layers hidden.
     stages = sorted({l["name"] for l in model["layers"] if l["parent"] is None and any(
