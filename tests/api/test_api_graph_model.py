@@ -3,9 +3,11 @@ weights file, and every route of api/README.md answering for it (a graph-engine 
 
 The model: ``torchvision.models.resnet18(weights=None, num_classes=10)``, seeded, its state dict in a
 ``.safetensors`` file, registered at 64 px through the real command (``cli.main.main``) into a tmp
-``DECONVLAB_MODELS``; served by the real app (FastAPI TestClient) with the settings ``serve --model``
-makes. The answers are checked against the library itself (``Net.load`` of the same entry): the
-predictions, the layer list, a unit's strongest activation and its box, the projections.
+``DECONVLAB_MODELS``; served by the app the real ``deconvlab serve --model`` command makes (under a
+FastAPI TestClient), next to a checkpoint given as a file. The answers are checked against the library
+itself (``nets.resolve`` of the same entry, wrapped in a ``Net``): the predictions, the layer list, a
+unit's strongest activation and its box, the three projections. Top-k and evolution need a data set
+(503 here); building a graph net's index is tested in tests/index/test_graph_index.py.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import torchvision
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from deconvlab.api import create_app
-from deconvlab.cli.main import build_parser, main
-from deconvlab.cli.serve import serve_settings
+from deconvlab.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -65,16 +65,21 @@ def library_net(registered):
 
 @pytest.fixture(scope="module")
 def client(registered, small_checkpoint, tmp_path_factory):
+    """The app ``deconvlab serve --model tiny-rn --model <a checkpoint file>`` runs (through ``cli.main``;
+    uvicorn.run is replaced by a catch of the app it was handed), under a TestClient."""
+    import uvicorn
+
     models, _ = registered
-    args = build_parser("serve").parse_args(["serve", "--model", "tiny-rn", "--model", str(small_checkpoint),
-                                             "--device", "cpu",
-                                             "--data-dir", str(tmp_path_factory.mktemp("state"))])
+    ran = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DECONVLAB_MODELS", str(models))
         mp.setenv("DECONVLAB_DATA", "")
         mp.setenv("DECONVLAB_FRONTEND_DIR", str(tmp_path_factory.mktemp("no-frontend")))
-        settings = serve_settings(args)
-        with TestClient(create_app(settings)) as c:
+        mp.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+        assert main(["serve", "--model", "tiny-rn", "--model", str(small_checkpoint), "--device", "cpu",
+                     "--port", "8123", "--data-dir", str(tmp_path_factory.mktemp("state"))]) == 0
+        assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
+        with TestClient(ran["app"]) as c:
             yield c
 
 
