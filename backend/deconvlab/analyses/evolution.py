@@ -16,6 +16,12 @@ them at the epochs of Fig. 4):
 2. the deconvnet projection (``method="deconv"``, point seed) of that
    activation, from that image at that position.
 
+Any architecture: the snapshots are scanned with the top-k index's scan loop
+and layers (:mod:`deconvlab.index.scan`): a paper model's ``conv1`` .. ``fc8``,
+a graph-engine net's rectified maps and block outputs (a ResNet trained with
+``deconvlab train --arch resnet18``: ``relu``, ``layer1.0.relu``, ``layer1.0``,
+..., ``fc``), streamed through its fx graph.
+
 Assumptions, stated once:
 
 * The snapshots are of one training run, so unit ``u`` of layer ``l`` is the
@@ -232,7 +238,12 @@ class Evolution:
         self.load = load
         self.batch_size = batch_size
         self.key = ""  # names the scan for save/load_scans (build_evolution sets it)
-        self.scans = {e: SnapshotScan.empty(e, index_layers(n.module, self.input_size)) for e, n in self.nets}
+        # the top-k index's layers and scan loop: a paper model's conv1..fc8, a graph net's (e.g. a
+        # ResNet's) rectified maps and block outputs (``index.scan_graph``), streamed
+        self.scans = {e: SnapshotScan.empty(e, index_layers(n, self.input_size)) for e, n in self.nets}
+        names = {e: [L.name for L in sc.layers] for e, sc in self.scans.items()}
+        if len({tuple(v) for v in names.values()}) != 1:
+            raise ValueError(f"nets: expected snapshots of one architecture (the same layers), got {names}")
 
     @property
     def epochs(self) -> list[int]:
@@ -262,7 +273,7 @@ class Evolution:
             snapshot = self.scans[e]
             if snapshot.scanned != first_row:
                 raise ValueError(f"scan: expected the batch at row {snapshot.scanned}, got {first_row}")
-            values, positions = scan(net.module, x.to(net.device), snapshot.layers)  # the index's scan loop
+            values, positions = scan(net, x.to(net.device), snapshot.layers)  # the index's scan loop
             snapshot.update(values.numpy(), positions.numpy(), first_row)
 
     def scan(self, progress: bool = False) -> "Evolution":
@@ -329,13 +340,19 @@ def parse_units(specs: Iterable[str]) -> list[tuple[str, int]]:
     return out
 
 
-def default_units(ev: Evolution, per_layer: int = 2, layers: Sequence[str] = ("conv1", "conv2", "conv3",
-                                                                               "conv4", "conv5"),
+PAPER_CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def default_units(ev: Evolution, per_layer: int = 2, layers: Sequence[str] | None = None,
                   seed: int = 0) -> list[tuple[str, int]]:
     """``per_layer`` units of each conv layer chosen at random (seeded), as Fig. 4 shows "a randomly
     chosen subset of model features"; units that never fire on the subset at the last snapshot are
-    left out (they have nothing to show)."""
+    left out (they have nothing to show). ``layers`` (default): a paper model's ``conv1`` ..
+    ``conv5``; a graph net's block outputs (its scanned spatial layers that are module paths
+    with a parent block, e.g. resnet18's ``layer1.0`` .. ``layer4.1``), else all its spatial layers."""
     last = ev.scans[ev.epochs[-1]]
+    if layers is None:
+        layers = _default_layers(ev, last.layers)
     rng = np.random.default_rng(seed)
     out = []
     for L in last.layers:
@@ -345,6 +362,22 @@ def default_units(ev: Evolution, per_layer: int = 2, layers: Sequence[str] = ("c
         for u in np.sort(rng.choice(alive, size=min(per_layer, len(alive)), replace=False)):
             out.append((L.name, int(u)))
     return out
+
+
+def _default_layers(ev: Evolution, scanned: list[LayerInfo]) -> list[str]:
+    names = [L.name for L in scanned]
+    if set(PAPER_CONVS) <= set(names):
+        return list(PAPER_CONVS)
+    spatial = [L.name for L in scanned if L.kind == "conv"]
+    net = ev.net(ev.epochs[-1])
+    if getattr(net, "engine", None) == "graph":
+        info = {d["name"]: d for d in net.layer_info()}
+        modules = dict(net.module.named_modules())
+        blocks = [n for n in spatial if n in modules and info.get(n, {}).get("parent") is not None
+                  and info[n]["type"] != "ReLU"]
+        if blocks:
+            return blocks
+    return spatial
 
 
 # ------------------------------------------------------------------ figure and numbers
