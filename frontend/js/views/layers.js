@@ -35,6 +35,44 @@ export function createLayersView(root = document) {
 
   for (const s of SORTS) sort.append(h('option', { value: s.id, text: s.label }));
 
+  /** Thumbnails as they arrive (each cell once). */
+  function applyThumbs(byUnit) {
+    for (const [unit, t] of Object.entries(byUnit)) {
+      if (t.status === 'loading') continue;
+      const c = cells.get(Number(unit));
+      if (!c || c.img || c.err) continue;
+      if (t.status === 'ok' && !c.img) {
+        c.img = h('img', { src: t.url, alt: '' });
+        c.el.prepend(c.img);
+      } else if (t.status === 'error' && !c.err) {
+        c.err = true;
+        c.el.append(h('span', { class: 'unit-err', text: '!' }));
+        c.el.title = `${c.el.title}. Feature map could not load: ${t.error}`;
+      }
+    }
+  }
+
+  /** The chosen unit's cell: selected, the grid's tab stop, focused when the grid had focus. */
+  function applySelection(unit) {
+    if (selected !== unit) {
+      const prev = cells.get(selected);
+      if (prev) { prev.el.setAttribute('aria-selected', 'false'); prev.el.tabIndex = -1; }
+      const next = cells.get(unit);
+      if (next) {
+        next.el.setAttribute('aria-selected', 'true');
+        next.el.tabIndex = 0;
+        const active = document.activeElement;
+        if (!active || active === document.body || grid.contains(active)) next.el.focus({ preventScroll: true });
+        next.el.scrollIntoView({ block: 'nearest' });
+      }
+      selected = next ? unit : null;
+    }
+    if (selected === null && cells.size) {
+      const first = cells.values().next().value;
+      first.el.tabIndex = 0;
+    }
+  }
+
   return {
     bind(h_) {
       handlers = h_;
@@ -107,41 +145,8 @@ export function createLayersView(root = document) {
       else if (built && !observer && !isFc) handlers.showUnits([...cells.keys()]); // no observer: every map
       if (built) selected = null;
 
-      // Thumbnails as they arrive.
-      if (!isFc && state.thumbs.key === ld.key) {
-        for (const [unit, t] of Object.entries(state.thumbs.byUnit)) {
-          if (t.status === 'loading') continue;
-          const c = cells.get(Number(unit));
-          if (!c || c.img || c.err) continue;
-          if (t.status === 'ok' && !c.img) {
-            c.img = h('img', { src: t.url, alt: '' });
-            c.el.prepend(c.img);
-          } else if (t.status === 'error' && !c.err) {
-            c.err = true;
-            c.el.append(h('span', { class: 'unit-err', text: '!' }));
-            c.el.title = `${c.el.title}. Feature map could not load: ${t.error}`;
-          }
-        }
-      }
-
-      // Selection, and focus follows it when the grid had focus.
-      if (selected !== state.unit) {
-        const prev = cells.get(selected);
-        if (prev) { prev.el.setAttribute('aria-selected', 'false'); prev.el.tabIndex = -1; }
-        const next = cells.get(state.unit);
-        if (next) {
-          next.el.setAttribute('aria-selected', 'true');
-          next.el.tabIndex = 0;
-          const active = document.activeElement;
-          if (!active || active === document.body || grid.contains(active)) next.el.focus({ preventScroll: true });
-          next.el.scrollIntoView({ block: 'nearest' });
-        }
-        selected = next ? state.unit : null;
-      }
-      if (selected === null && cells.size) {
-        const first = cells.values().next().value;
-        first.el.tabIndex = 0;
-      }
+      if (!isFc && state.thumbs.key === ld.key) applyThumbs(state.thumbs.byUnit);
+      applySelection(state.unit);
     },
   };
 }
