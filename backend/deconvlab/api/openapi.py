@@ -43,9 +43,11 @@ _WHY = {"400": "a body that cannot be read as text (not UTF-8)",
         "404": "unknown model, layer, image, occlusion, rank or data-set image (the detail names it)",
         "413": "request body over the byte limit (or an upload over the byte or pixel limit)",
         "415": "upload format outside JPEG, PNG, WebP, BMP, GIF, TIFF",
-        "422": "a value out of range or of the wrong type (the detail names the parameter and the bound)",
+        "422": "a value out of range or of the wrong type (the detail names the parameter and the bound), "
+               "or a stored image too long and thin (over max_aspect)",
         "429": "the inference queue's budget of forward passes is spent; retry after Retry-After seconds",
-        "503": "the model failed to load, or the server has no data set / top-k index (the detail says which)"}
+        "503": "the model failed to load, or the server has no data set / top-k index (the detail says which)",
+        "500": "an unexpected server error: the detail and error_id, which the server log also shows"}
 NO_RUNNER = {"health", "ready", "models", "image_info", "dataset_image", "dataset_samples"}
 NEEDS_DATA = {"top", "top_patch", "top_projection", "dataset_image", "dataset_samples", "evolution", "evolution_png"}
 BOUNDS = {"unit": {"minimum": 0}, "rank": {"minimum": 0}, "image_index": {"minimum": 0}, "y": {"minimum": 0},
@@ -78,7 +80,7 @@ def _operation(op: dict, path: str, max_n: int, enums: dict) -> None:
     params = op.get("parameters", [])
     for p in params:
         _bound(p, name, max_n, enums)
-    statuses = set()
+    statuses = {"500"}
     if params or "requestBody" in op:
         statuses.add("422")
     if "{" in path or any(p["name"] == "model" for p in params):
