@@ -206,3 +206,24 @@ def test_data_set_routes_without_a_data_set_are_503(client):
     for route in ("top", "evolution"):
         r = client.get(f"/api/layers/layer3.1/units/0/{route}", params=q)
         assert r.status_code == 503 and "data set" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("layer", ["maxpool", "layer2.0.relu_1", "avgpool", "flatten", "fc"])
+def test_other_kinds_of_layer_answer(client, image_id, library_net, sample_image, layer):
+    """A pool, an fx op name, a 1x1 map, a flatten and the logits: the unit route and a projection."""
+    q = {"model": "tiny-rn"}
+    rec = library_net.forward(library_net.preprocess(sample_image))
+    a = library_net.activation(rec, layer)[0]
+    unit = int(a.flatten(1).amax(1).argmax() if a.dim() == 3 else a.argmax())  # the strongest unit
+    r = client.get(f"/api/images/{image_id}/layers/{layer}/units/{unit}", params=q)
+    assert r.status_code == 200, r.text
+    position, box = library_net.seed_box(rec, layer, unit)
+    assert r.json()["box"] == list(box) and r.json()["position"] == (None if position is None else list(position))
+    r = client.get(f"/api/images/{image_id}/layers/{layer}/units/{unit}/projection",
+                   params={**q, "method": "guided", "format": "npy"})
+    assert r.status_code == 200, r.text
+    p = np.load(io.BytesIO(r.content))
+    want = library_net.project(rec, layer, unit, method="guided", seed="point", position=position)
+    np.testing.assert_allclose(p, want.detach().float().numpy().reshape(p.shape), rtol=1e-4,
+                               atol=1e-6 * float(want.abs().max()))
+    assert np.abs(p).max() > 0

@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     # model registry folder (registry.json + checkpoints); empty: deconvlab.nets.models_dir()
     models: str = ""
-    # comma-separated registry names to load at start-up; empty: every model in the registry
+    # comma-separated models to load at start-up: registry names, model files (served under their stem:
+    # api.app.served_models) or torchvision:<arch>; empty: every model in the registry
     serve_models: str = ""
     # ImageFolder data set the top-k index and the data-set routes read; empty: none
     data: str = ""
