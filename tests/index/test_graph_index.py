@@ -179,3 +179,31 @@ def test_a_paper_model_indexes_alike_on_both_engines():
         vb, pb = scan(graph, x, b)
     torch.testing.assert_close(vb, va, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(pa.numpy(), pb.numpy())
+
+
+class WithExtra(nn.Module):
+    """A bfloat16 weight and non-tensor extra state in the state dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+        self.tag = "v1"
+
+    def get_extra_state(self):
+        return {"tag": self.tag}
+
+    def set_extra_state(self, state):
+        self.tag = state["tag"]
+
+
+def test_model_sha256_of_any_module():
+    m = WithExtra()
+    a = model_sha256(m)
+    assert a == model_sha256(WithExtra()) and len(a) == 64
+    m.tag = "v2"
+    b = model_sha256(m)
+    with torch.no_grad():
+        m.w[1] = 2
+    assert len({a, b, model_sha256(m)}) == 3
+    with pytest.raises(TypeError, match="expected an nn.Module or a Net, got int"):
+        model_sha256(3)

@@ -6,7 +6,10 @@ unit, stores them on disk and serves them (patches cropped by the receptive
 field, projections through ``Net.project_many``).
 
 For every unit of every paper layer (``conv1`` ... ``conv5``, ``fc6``, ``fc7``,
-``fc8``; see :func:`deconvlab.nets.layer_map`) the index keeps the k images of
+``fc8``; see :func:`deconvlab.nets.layer_map`) -- or, for any other CNN on the
+graph engine (a ResNet, a user's module), of the layers :mod:`.scan_graph`
+picks (the rectified maps and block outputs: a layer read only by a point-wise
+op, a reshape or a residual sum is left to that reader) -- the index keeps the k images of
 one split of an ImageFolder data set with the strongest activation, where an
 image's activation is the *maximum over positions* of that unit's feature map
 (fc units have one position). One entry per image per unit, so the k images of
@@ -19,6 +22,8 @@ module          one job                                                         
                 (the one scan loop; the evolution analysis uses it too)           ``index_layers``, ``scan``,
                                                                                   ``scan_values``,
                                                                                   ``argmax_positions``
+``scan_graph``  graph-engine nets: which layers, and the streaming fx run that    ``graph_index_layers``,
+                frees each value after its last reader (hooks if untraceable)     ``stream``
 ``tracker``     the running top-k in fixed-shape arrays; exact merge              ``TopK``
 ``store``       the file format: manifest, atomic commit, staleness, where        ``default_index_path``,
                                                                                   ``StaleIndexError``,
@@ -31,7 +36,7 @@ module          one job                                                         
                                                                                   ``open_or_build``
 ==============  ================================================================  ==========================
 
-Dependencies point one way: scan, tracker -> store -> build -> serve.
+Dependencies point one way: scan_graph -> scan, tracker -> store -> build -> serve.
 """
 
 from .build import build_index, shard_batches

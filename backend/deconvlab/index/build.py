@@ -7,6 +7,9 @@ How it is built (:func:`build_index`)
     layer's activation to its max per unit and image; the argmax is taken
     (:func:`.scan.argmax_positions`) only for the few (unit, image) pairs that
     enter a top-k, which keeps the scan close to a plain forward pass. A
+    graph-engine net (a ResNet, a user's module) is scanned by the streaming
+    run of :mod:`.scan_graph` instead (its layers: that module's rule; each
+    value freed after its last reader; the argmax taken as it goes). A
     :class:`.tracker.TopK` holds the running top-k; :func:`.store.write_index`
     commits it.
 
