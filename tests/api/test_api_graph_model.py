@@ -101,6 +101,27 @@ def test_register_wrote_the_entry(registered, capsys, tmp_path, monkeypatch):
     assert printed == {"registry": str(tmp_path / "registry.json"), "name": "again", "entry": entry}
 
 
+def test_register_classes_mean_std(registered, capsys, tmp_path, monkeypatch):
+    _, weights = registered
+    monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path))
+    names = tmp_path / "classes.txt"
+    names.write_text("".join(f"class {i}\n" for i in range(10)))
+    assert main(["register", "named", "--arch", "torchvision:resnet18", "--weights", str(weights), "--classes",
+                 str(names), "--input-size", "48", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.2", "0.25"]) == 0
+    entry = json.loads(capsys.readouterr().out)["entry"]
+    assert entry["classes"] == "classes.txt" and entry["mean"] == [0.5, 0.4, 0.3] and entry["std"] == [0.2, 0.2, 0.25]
+    from deconvlab.nets import resolve
+
+    _, meta = resolve("named", tmp_path)
+    assert meta.classes == [f"class {i}" for i in range(10)] and meta.input_size == 48
+    names.write_text("a\nb\n")
+    assert main(["register", "named2", "--arch", "torchvision:resnet18", "--weights", str(weights),
+                 "--classes", str(names), "--input-size", "48"]) == 2
+    err = capsys.readouterr().err
+    assert "expected 10 names" in err and "got 2" in err, err
+    assert "named2" not in json.loads((tmp_path / "registry.json").read_text())["models"]
+
+
 def test_register_bad_input_exits_2(registered, capsys, tmp_path, monkeypatch):
     _, weights = registered
     monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path))
