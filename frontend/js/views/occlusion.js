@@ -38,6 +38,7 @@ export function createOcclusionView(root = document) {
   const maps = $('[data-testid="occlusion-maps"]', root);
   let timer = null;
   let last = null;
+  let rebuiltFor = null; // the model the layer choice was last defaulted for
 
   for (const s of OCCLUSION_SIZES) size.append(h('option', { value: s, text: s }));
   for (const s of OCCLUSION_STRIDES) stride.append(h('option', { value: s, text: s }));
@@ -83,6 +84,12 @@ export function createOcclusionView(root = document) {
       size.value = String(p.size);
       stride.value = String(p.stride);
       if (convs.some((l) => l.name === p.layer)) layer.value = p.layer;
+      else if (rebuiltFor !== (model && model.id)) {
+        // No conv5 here (a ResNet): the last layer with a map over 1x1, as the server's own default.
+        const deep = convs.filter((l) => l.shape[1] * l.shape[2] > 1).pop();
+        if (deep) layer.value = deep.name;
+      }
+      rebuiltFor = model && model.id;
       klass.value = p.class_index === null || p.class_index === undefined ? '' : String(p.class_index);
       run.disabled = o.status === 'loading' || !state.image;
       cancel.hidden = o.status !== 'loading';
