@@ -42,8 +42,9 @@ from torch import nn
 
 from .data import resize_crop, to_rgb
 from .engine import deconvnet
-from .engine.sequential import SequentialEngine, check_item, is_sequential, iter_checked
-from .engine.sequential import strongest as _strongest
+from .engine.items import check_item, iter_checked
+from .engine.items import strongest as _strongest
+from .engine.sequential import SequentialEngine, is_sequential
 from .nets import ModelMeta, resolve
 
 ENGINES = ("auto", "sequential", "graph")

@@ -60,6 +60,7 @@ from torch import fx, nn
 
 from .graph_rules import Ctx, UnsupportedOp, fold_pairs, rule_for  # noqa: F401 (UnsupportedOp: re-exported)
 from .graph_trace import first_tensor, trace_model
+from .items import check_form, check_item, strongest  # noqa: F401 (strongest: re-exported)
 
 METHODS = ("deconv", "guided", "backprop")
 SEEDS = ("point", "map")
@@ -230,32 +231,12 @@ class GraphEngine:
         return max(1, min(self.max_batch, self.budget_elements // max(peak, 1)))
 
     def _check_item(self, rec: GraphRecord, item: Sequence, seed: str) -> tuple:
-        if isinstance(item, (str, bytes)) or not 3 <= len(item) <= 4:
-            raise ValueError(f"item: expected (layer, unit, position) or (layer, unit, position, index), got {item!r}")
-        layer, unit, position = item[0], item[1], item[2]
-        index = item[3] if len(item) == 4 else 0
-        self._check_layer(layer)
-        act = rec.activations.get(layer)
+        check_form(item)
+        self._check_layer(item[0])
+        act = rec.activations.get(item[0])
         if act is None:
-            raise ValueError(f"rec: expected a record with layer {layer!r}, got one without it")
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(rec):
-            raise ValueError(f"index: expected 0..{len(rec) - 1}, got {index!r}")
-        C = act.shape[1]
-        if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < C:
-            raise ValueError(f"unit: expected 0..{C - 1}, got {unit!r}")
-        if position is not None:
-            if act.dim() == 2:
-                raise ValueError(f"position: {layer} is a fully connected layer; expected None, got {position!r}")
-            if seed == "map":
-                raise ValueError(f"position: a map seed uses the whole feature map; expected None, got {position!r}")
-            H, W = act.shape[-2:]
-            ok = isinstance(position, (tuple, list)) and len(position) == 2 and all(
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in position)
-            if not ok or not (0 <= position[0] < H and 0 <= position[1] < W):
-                raise ValueError(f"position: expected (y, x) with y in 0..{H - 1} and x in 0..{W - 1}, "
-                                 f"got {position!r}")
-            position = (int(position[0]), int(position[1]))
-        return layer, int(unit), position, int(index)
+            raise ValueError(f"rec: expected a record with layer {item[0]!r}, got one without it")
+        return check_item(item, act, len(rec), item[0], seed)
 
     def _project_group(self, rec: GraphRecord, layer: str, items: list[tuple], method: str,
                        seed: str) -> torch.Tensor:
@@ -297,13 +278,6 @@ def _accumulate(old, new):
     if isinstance(new, list):
         return [b if a is None else (a if b is None else a + b) for a, b in zip(old, new)]
     return old + new
-
-
-def strongest(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, x) of each item's strongest activation (first maximum in row-major order)."""
-    flat = act[n, units].flatten(1).argmax(1)
-    W = act.shape[-1]
-    return flat // W, flat % W
 
 
 def seed_batch(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor, positions: list, seed: str) -> torch.Tensor:

@@ -31,14 +31,12 @@ made non-in-place -- on the module given, which ``Net`` builds for itself.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Sequence
-
-import numpy as np
 import torch
 from torch import nn
 
 from . import deconvnet
 from .receptive_field import box_size, input_box, spatial_sizes
+from .items import strongest
 from .switches import Record, record_forward
 
 
@@ -191,47 +189,3 @@ class SequentialEngine:
 
     def receptive_field_size(self, layer: str, size: tuple[int, int]) -> tuple[int, int]:
         return box_size(self.children, self._child_index[self.child(layer)], size)
-
-
-def strongest(act: torch.Tensor, n: torch.Tensor, units: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, x) of each item's strongest activation (first maximum in row-major order)."""
-    maps = act[n, units]  # (K, H, W)
-    flat = maps.flatten(1).argmax(1)
-    W = act.shape[-1]
-    return flat // W, flat % W
-
-
-def check_item(item: Sequence, act: torch.Tensor, n_images: int, layer: str, seed: str) -> tuple:
-    """``(layer, unit, position, index)`` checked against ``act`` (the layer's tensor): the
-    ``expected X, got Y`` errors of ``Net.project_many``; returns plain ints."""
-    unit, position = item[1], item[2]
-    index = item[3] if len(item) == 4 else 0
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < n_images:
-        raise ValueError(f"index: expected 0..{n_images - 1}, got {index!r}")
-    C = act.shape[1]
-    if isinstance(unit, bool) or not isinstance(unit, (int, np.integer)) or not 0 <= unit < C:
-        raise ValueError(f"unit: expected 0..{C - 1}, got {unit!r}")
-    if position is not None:
-        if act.dim() == 2:
-            raise ValueError(f"position: {layer} is a fully connected layer; expected None, got {position!r}")
-        if seed == "map":
-            raise ValueError(f"position: a map seed uses the whole feature map; expected None, got {position!r}")
-        H, W = act.shape[-2:]
-        is_pair = isinstance(position, (tuple, list)) and len(position) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in position)
-        if not is_pair or not (0 <= position[0] < H and 0 <= position[1] < W):
-            raise ValueError(f"position: expected (y, x) with y in 0..{H - 1} and x in 0..{W - 1}, "
-                             f"got {position!r}")
-        position = (int(position[0]), int(position[1]))
-    return layer, int(unit), position, int(index)
-
-
-def iter_checked(items: Iterable[Sequence]) -> list[Sequence]:
-    items = list(items)
-    for item in items:
-        if isinstance(item, (str, bytes)) or not 3 <= len(item) <= 4:
-            raise ValueError(f"item: expected (layer, unit, position) or (layer, unit, position, index), "
-                             f"got {item!r}")
-    if not items:
-        raise ValueError("items: expected at least one (layer, unit, position) item, got none")
-    return items
