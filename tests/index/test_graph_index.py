@@ -207,3 +207,33 @@ def test_model_sha256_of_any_module():
     assert len({a, b, model_sha256(m)}) == 3
     with pytest.raises(TypeError, match="expected an nn.Module or a Net, got int"):
         model_sha256(3)
+
+
+class Gray(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(1, 4, 3)
+        self.f = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.f(torch.relu(self.c(x)).amax((2, 3)))
+
+
+def test_a_one_channel_model_indexes_what_net_preprocess_gives(tmp_path):
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        p = tmp_path / "data" / "val" / f"c{i % 2}" / f"{i:02d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(p)
+    torch.manual_seed(4)
+    net = Net.from_module(Gray(), input_size=16, mean=(0.4,), std=(0.2,))
+    out = build_index(net, tmp_path / "data", "val", out=tmp_path / "idx", k=3, batch_size=5, workers=0,
+                      progress=False)
+    idx = TopKIndex.open(out, net=net, data_root=tmp_path / "data")
+    assert idx.layers == ["relu", "amax", "f"]  # the conv is read only by its ReLU
+    x = torch.cat([net.preprocess(Image.open(idx.image_path(i))) for i in range(12)])
+    a = net.activation(net.forward(x), "relu").flatten(2).amax(2)  # (12, 4)
+    for u in range(4):
+        want = np.lexsort((np.arange(12), -a[:, u].numpy()))[:3]
+        assert [e["image_index"] for e in idx.entries("relu", u)] == want.tolist()
+        np.testing.assert_allclose([e["value"] for e in idx.entries("relu", u)], a[want, u].numpy(), rtol=1e-5)
