@@ -69,6 +69,15 @@ def _first_in_channels(module: nn.Module, default: int = 3) -> int:
     return first.in_channels if isinstance(first, nn.Conv2d) else default
 
 
+def _eval(module: nn.Module) -> nn.Module:
+    """``module.eval()``; a ``torch.export`` program's module refuses it (it is an inference graph
+    already, exported in the mode its author chose), and is used as it is."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
+
+
 class Net:
     """A model ready for forward passes and projections (see the module docstring).
 
@@ -102,7 +111,7 @@ class Net:
         else:
             from .engine.graph import GraphEngine
 
-            self.module = module.to(self.device).eval()
+            self.module = _eval(module.to(self.device))
             self.in_channels = int(meta.config.get("in_channels", 0)) or _first_in_channels(module)
             s = int(meta.input_size)
             self._graph = GraphEngine(self.module, (self.in_channels, s, s))

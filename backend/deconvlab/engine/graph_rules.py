@@ -505,6 +505,34 @@ METHOD_RULES = {
 }
 
 
+def _aten_rules() -> dict:
+    """Rules of the ATen ops a ``torch.export`` program's graph is made of (``.pt2`` files): the
+    ReLU family and max pools by the rules above, ops that are linear in the signal (conv,
+    linear/addmm, eval batch norm, pools, reshapes, add, cat, ...) by their exact gradient
+    (``vjp``), a product by ``mul_rule``. Any other ATen op is unknown, as for modules."""
+    aten = torch.ops.aten
+    rules = {aten.relu.default: RELU, aten.relu_.default: RELU, aten.relu6.default: RELU6,
+             aten.max_pool2d.default: maxpool_rule, aten.mul.Tensor: mul_rule,
+             aten.add.Tensor: add_rule(), aten.sub.Tensor: add_rule(-1.0)}
+    linear = ("conv2d.default", "convolution.default", "linear.default", "addmm.default", "mm.default",
+              "t.default", "batch_norm.default", "_native_batch_norm_legit_no_training.default",
+              "flatten.using_ints", "view.default", "reshape.default", "_unsafe_view.default",
+              "permute.default", "transpose.int", "squeeze.dim", "squeeze.dims", "unsqueeze.default",
+              "expand.default", "clone.default", "cat.default", "avg_pool2d.default",
+              "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default", "mean.dim", "sum.dim_IntList",
+              "dropout.default", "slice.Tensor", "select.int", "constant_pad_nd.default", "alias.default",
+              "contiguous.default", "split.Tensor", "split_with_sizes.default", "chunk.default")
+    for name in linear:
+        packet, overload = name.split(".")
+        op = getattr(getattr(aten, packet, None), overload, None)
+        if op is not None:
+            rules[op] = vjp
+    return rules
+
+
+FUNCTION_RULES.update(_aten_rules())
+
+
 def _hardtanh_rule(node, root):
     b = bind(F.hardtanh, node, ["input", "min_val", "max_val"], dict(min_val=-1.0, max_val=1.0))
     return RELU6 if (b["min_val"], b["max_val"]) == (0.0, 6.0) else unknown_rule
@@ -538,7 +566,7 @@ def rule_for(node: fx.Node, root: nn.Module):
                 RELU if node.args[1:] == (0,) or node.kwargs.get("min") == 0 else unknown_rule)
         return METHOD_RULES.get(node.target, unknown_rule)
     if node.op == "call_function":
-        if node.target is F.hardtanh:
+        if node.target is F.hardtanh or node.target is torch.ops.aten.hardtanh.default:
             return _hardtanh_rule(node, root)
         if node.target in (torch.clamp, torch.clip):
             return _clamp_rule(node, root)
