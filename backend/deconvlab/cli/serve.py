@@ -22,7 +22,8 @@ def _serve_options(p) -> None:
                    help="a registry name or a model file to serve (repeatable; default: every registered model)")
     p.add_argument("--models", default=None, help="comma-separated registry names or files to serve (default: all)")
     p.add_argument("--data", default=None, help="ImageFolder root for the top-k index (DECONVLAB_DATA)")
-    p.add_argument("--data-dir", default=None, help="uploads and results (DECONVLAB_DATA_DIR)")
+    p.add_argument("--state-dir", "--data-dir", dest="state_dir", default=None,
+                   help="uploads and results (DECONVLAB_STATE_DIR; --data-dir is the old name)")
     p.add_argument("--build-index", action="store_true", default=None,
                    help="build a missing or stale top-k index in the background (DECONVLAB_BUILD_INDEX)")
     p.add_argument("--log-level", default="info")
@@ -35,7 +36,7 @@ def serve_settings(args):
     models = [*(args.model or []), *(m for m in (args.models or "").split(",") if m.strip())]
     given = {"host": args.host, "port": args.port, "device": args.device,
              "serve_models": ",".join(models) if models else None,
-             "data": args.data, "data_dir": args.data_dir, "build_index": args.build_index}
+             "data": args.data, "state_dir": args.state_dir, "build_index": args.build_index}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
