@@ -118,8 +118,10 @@ def open_index(state: AppState, slot: ModelSlot) -> None:
     slot.index, slot.index_status = index.open_index(path, net=slot.net, data_root=s.data)
 
 
-def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thread:
-    """Build the slot's top-k index on a thread of its own ("building" in /api/ready), then open it.
+def build_indexes_in_background(state: AppState, slots: list[ModelSlot]) -> threading.Thread:
+    """Build the slots' top-k indexes one after the other on a thread of their own, then open each
+    (/api/ready: "queued", then "building", then "ready"). One at a time: two builds at once
+    would only share the cores and make both late.
 
     The scan reads the model like any forward pass (eval mode, no state), so
     the inference thread keeps answering meanwhile; the images are decoded in
@@ -128,19 +130,23 @@ def build_index_in_background(state: AppState, slot: ModelSlot) -> threading.Thr
     from .. import index
 
     s = state.settings
-    slot.index, slot.index_status = None, "building"
+    for slot in slots:
+        slot.index, slot.index_status = None, "queued"
 
     def work():
-        try:
-            with torch.inference_mode():
-                slot.index = index.open_or_build(slot.net, s.data, s.index_split, k=9, workers=0, progress=False,
-                                                 out=index.default_index_path(slot.name, s.data, s.index_split))
-            slot.index_status = "ready"
-        except Exception as e:  # reported, never fatal to the server
-            slot.index_status = f"stale: the build failed: {type(e).__name__}: {e}"
-            log.error("top-k index for %s: %s", slot.name, slot.index_status)
+        for slot in slots:
+            slot.index_status = "building"
+            try:
+                with torch.inference_mode():
+                    slot.index = index.open_or_build(slot.net, s.data, s.index_split, k=9, workers=0,
+                                                     progress=False,
+                                                     out=index.default_index_path(slot.name, s.data, s.index_split))
+                slot.index_status = "ready"
+            except Exception as e:  # reported, never fatal to the server
+                slot.index_status = f"stale: the build failed: {type(e).__name__}: {e}"
+                log.error("top-k index for %s: %s", slot.name, slot.index_status)
 
-    t = threading.Thread(target=work, name=f"deconvlab-index-{slot.name}", daemon=True)
+    t = threading.Thread(target=work, name="deconvlab-index", daemon=True)
     t.start()
     return t
 
@@ -154,9 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.deconvlab = state
         load_models(state)
         if settings.build_index and state.split is not None:
-            for slot in state.models.values():
-                if slot.net is not None and (slot.index_status == "missing" or slot.index_status.startswith("stale")):
-                    build_index_in_background(state, slot)
+            todo = [slot for slot in state.models.values() if slot.net is not None
+                    and (slot.index_status == "missing" or slot.index_status.startswith("stale"))]
+            if todo:
+                build_indexes_in_background(state, todo)
         try:
             yield
         finally:

@@ -14,7 +14,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     ready: bool  # every model loaded
     models: dict[str, bool]  # model id -> loaded
-    index: dict[str, str]  # model id -> "ready" | "missing" | "stale: <why>" | "building" | "no data set"
+    index: dict[str, str]  # model id -> "ready" | "missing" | "stale: <why>" | "queued" | "building" | "no data set"
 
 
 class LayerInfo(BaseModel):

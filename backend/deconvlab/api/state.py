@@ -46,7 +46,7 @@ class ModelSlot:
     net: Any = None  # deconvlab.net.Net once loaded
     error: str = ""  # why it failed to load
     index: Any = None  # index.TopKIndex when ready
-    index_status: str = "no data set"  # "ready" | "missing" | "stale: <why>" | "building" | "no data set"
+    index_status: str = "no data set"  # "ready" | "missing" | "stale: <why>" | "queued" | "building" | "no data set"
     info: list[dict] = field(default_factory=list)  # net.layer_info()
 
     def layer(self, layer: str) -> dict:
