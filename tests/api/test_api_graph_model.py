@@ -248,3 +248,11 @@ def test_other_kinds_of_layer_answer(client, image_id, library_net, sample_image
     np.testing.assert_allclose(p, want.detach().float().numpy().reshape(p.shape), rtol=1e-4,
                                atol=1e-6 * float(want.abs().max()))
     assert np.abs(p).max() > 0
+
+
+def test_the_model_list_says_which_engine_and_whether_torch_fx_traced_it(client):
+    models = {m["id"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["tiny-rn"]["engine"] == "graph" and models["tiny-rn"]["untraceable"] is None
+    assert models["model"]["engine"] == "sequential"
+    kinds = {d["name"]: d["kind"] for d in models["tiny-rn"]["layers"]}
+    assert kinds["layer1.0.add"] == "op" and kinds["fc"] == "fc"

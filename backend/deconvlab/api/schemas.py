@@ -32,6 +32,8 @@ class ModelInfo(BaseModel):
     input_size: int
     classes: list[str]
     layers: list[LayerInfo]
+    engine: str = "sequential"  # "sequential" (the paper's flat nets) or "graph" (any nn.Module)
+    untraceable: str | None = None  # why torch.fx could not trace the model: then only module-path layers exist
 
 
 class Models(BaseModel):

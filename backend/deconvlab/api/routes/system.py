@@ -33,5 +33,6 @@ async def models(state: State) -> Models:
             continue
         m = s.net.meta
         out.append(ModelInfo(id=name, arch=m.arch, input_size=m.input_size, classes=list(m.classes),
-                             layers=[LayerInfo(**{**d, "shape": list(d["shape"])}) for d in s.info]))
+                             layers=[LayerInfo(**{**d, "shape": list(d["shape"])}) for d in s.info],
+                             engine=s.net.engine, untraceable=s.net.untraceable))
     return Models(default=state.default, models=out)
