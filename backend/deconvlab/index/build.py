@@ -209,7 +209,8 @@ def _scan_shard(model, module, layers: list[LayerInfo], loader, device: torch.de
     try:
         with torch.inference_mode():
             for x, image, sha in loader:
-                values, maps = scan_values(model, x.to(device, non_blocking=True), layers)
+                values, maps = scan_values(model, x.to(device, non_blocking=True), layers,
+                                           floor=tracker.values[:, -1])  # (graph nets: argmax above it only)
                 tracker.update(values.numpy(), image.numpy(), partial(argmax_positions, maps, layers),
                                sha.numpy().view(np.uint64))
                 del maps  # the activations of this batch

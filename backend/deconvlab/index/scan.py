@@ -91,7 +91,8 @@ def _activation_shapes(module: torch.nn.Sequential, children: set[str], input_si
 
 class PositionTable(list):
     """:func:`scan_values`' second value for a graph net: ``[positions]``, one [B, U, 2] int32
-    tensor (every pair's argmax), in place of the maps a Sequential's scan keeps."""
+    tensor (the argmax of the pairs that can enter a top-k, -1 elsewhere), in place of the maps a
+    Sequential's scan keeps."""
 
 
 def _sequential(model) -> torch.nn.Sequential | None:
@@ -159,24 +160,45 @@ def layer_outputs(model, x: torch.Tensor, layers: list[LayerInfo]
             return
 
 
-def scan_values(model, x: torch.Tensor, layers: list[LayerInfo]
+def scan_values(model, x: torch.Tensor, layers: list[LayerInfo], floor: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One batch: each unit's max over positions, and the maps.
 
     Returns ``values`` [B, U] (float32, on the CPU) and the activation of each
     layer (kept so :func:`argmax_positions` can locate the few maxima that
     enter a top-k, instead of an argmax over every map). A graph net keeps no
-    map: its second value is ``[positions]``, the [B, U, 2] argmax of every
-    pair (:func:`scan`), which :func:`argmax_positions` reads instead.
+    map: its second value is ``[positions]``, a [B, U, 2] table that
+    :func:`argmax_positions` reads instead, filled (while each map is live) for
+    the pairs whose value is not below ``floor`` [U] (the tracker's k-th value
+    per unit: no other pair can enter the top-k; None: every pair) and -1
+    elsewhere. (An argmax costs ~6x a max over a map; after the first batches
+    few pairs pass the floor.)
     """
     if _sequential(model) is None:
-        values, positions = scan(model, x, layers)
-        return values, PositionTable([positions])
+        return _graph_values(model, x, layers, floor)
     values, maps = [], []
     for L, a in layer_outputs(model, x, layers):
         values.append((a.flatten(2).amax(dim=2) if a.dim() == 4 else a).float())
         maps.append(a)
     return torch.cat(values, 1).cpu(), maps
+
+
+def _graph_values(net, x: torch.Tensor, layers: list[LayerInfo], floor: np.ndarray | None):
+    values = []
+    pos = torch.full((x.shape[0], sum(L.units for L in layers), 2), -1, dtype=torch.int32)
+    for L, a in layer_outputs(net, x, layers):
+        v = (a.flatten(2).amax(dim=2) if a.dim() == 4 else a).float()
+        values.append(v)
+        if a.dim() != 4:
+            continue
+        want = torch.ones_like(v, dtype=torch.bool) if floor is None else \
+            ~(v < torch.as_tensor(floor[L.offset:L.offset + L.units], device=v.device))  # NaN passes
+        b, u = torch.nonzero(want, as_tuple=True)
+        if b.numel():
+            flat = a[b, u].flatten(1).argmax(dim=1)
+            w = a.shape[-1]
+            pos[b.cpu(), (u + L.offset).cpu()] = torch.stack((flat // w, flat % w), 1).to(torch.int32).cpu()
+    return torch.cat(values, 1).cpu(), PositionTable([pos])
 
 
 def argmax_positions(maps: list[torch.Tensor], layers: list[LayerInfo], units: np.ndarray,
