@@ -16,7 +16,7 @@ row                 what runs per batch
 ``scan``            what ``build_index`` runs: :func:`deconvlab.index.scan.scan_values` over the
                     layers the index picks (``index.scan_graph``'s rule: 20 of resnet18's 80) and
                     the :class:`~deconvlab.index.tracker.TopK` update
-``scan, every``     the same over every layer of ``net.layers`` (one per fx node, 60 nodes): what
+``scan, every``     the same over every layer of ``net.layers`` (one per fx node: 69): what
                     indexing everything would cost
 ``record``          (``--record``) ``net.forward(x)``, the engine's full record that keeps every
                     node's value: the route the streaming scan replaces; its peak memory is why

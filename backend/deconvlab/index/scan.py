@@ -36,8 +36,9 @@ The U units of all layers stand side by side in layer order (:class:`LayerInfo`
 -1 for fc units. Both assume ``module`` is in eval mode and ``x`` normalised as
 the model expects.
 
-Graph nets: :func:`scan_values` takes the argmax of every pair right away (the
-maps are dropped as the scan goes), and :func:`argmax_positions` reads it back.
+Graph nets: the maps are dropped as the scan goes, so :func:`scan_values` takes
+the argmax while each map is live, for the pairs not below ``floor`` (the
+tracker's k-th value per unit), and :func:`argmax_positions` reads it back.
 
 Errors: a model with no ``conv*``/``fc*`` children, or a layer whose activation
 is neither (C, H, W) nor (C,), is a ``ValueError`` saying what was expected; a
