@@ -106,7 +106,7 @@ def occlusion(net, x: torch.Tensor, size: int = 32, stride: int = 8, layer: str 
     ``net``: a :class:`deconvlab.net.Net` (either engine) or a named ``nn.Sequential`` (eval mode).
     ``x``: the normalised input, 1xCxHxW (or CxHxW), on the model's device.
     ``layer``: the layer whose feature map is tracked (default: ``conv5`` of a paper model, the
-    last layer of kind conv of a graph net).
+    last layer of a graph net with a map over 1x1, e.g. resnet18's ``layer4``, as the API picks).
     ``class_index``: the class whose probability is mapped (default: top-1 of ``x``).
     ``feature_map``: the channel of ``layer`` to track (default: the strongest in ``x``).
     ``max_passes``: refuse (ValueError, saying the budget) runs needing more forward passes.
@@ -165,7 +165,7 @@ GRAPH_BATCH = 32  # occluded images per forward pass of a graph net (its live va
 
 
 def _last_conv_layer(net) -> str:
-    convs = [d["name"] for d in net.layer_info() if d["kind"] != "fc"]
+    convs = [d["name"] for d in net.layer_info() if len(d["shape"]) == 3 and d["shape"][1] * d["shape"][2] > 1]
     if not convs:
         raise ValueError(f"occlusion: expected a model with a spatial layer to track, got only {net.layers}")
     return convs[-1]
