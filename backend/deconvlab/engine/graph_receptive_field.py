@@ -105,6 +105,7 @@ import torch
 import torchvision
 from torch import fx, nn
 from torch.nn import functional as F
+from .._util import pair
 
 Box = tuple[int, int, int, int]  # internal: (top, bottom, left, right) on one node's map
 ALL = None  # "every position of the node"
@@ -152,9 +153,6 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 EXPECTED = ("a conv/pool/adaptive pool, an elementwise op, cat, split, a reshape/permute/slice, "
             "a reduction, softmax or norm, flatten/linear, or a module fx can trace into")
 
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _arg(node: fx.Node, i: int, name: str, default=None):
@@ -222,7 +220,7 @@ def record_shapes(gm: fx.GraphModule, *inputs) -> _Shapes:
 
 def _module_window(m: nn.Module):
     """(rows, cols, padding mode) of a Conv2d / MaxPool2d / AvgPool2d; rows = (k, s, p, d, ceil)."""
-    k = _pair(m.kernel_size)
+    k = pair(m.kernel_size)
     if isinstance(m, nn.Conv2d):
         return _window(k, m.stride, m.padding, m.dilation, False, m.padding_mode)
     stride = m.stride if m.stride is not None else m.kernel_size
@@ -231,12 +229,12 @@ def _module_window(m: nn.Module):
 
 
 def _window(k, stride, padding, dilation, ceil, mode):
-    k, d = _pair(k), _pair(dilation)
-    s = _pair(stride) if stride not in (None, (), []) else k
+    k, d = pair(k), pair(dilation)
+    s = pair(stride) if stride not in (None, (), []) else k
     if isinstance(padding, str):  # "valid": none; "same": PyTorch puts the odd pixel on the right
         p = (0, 0) if padding == "valid" else tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
     else:
-        p = _pair(padding)
+        p = pair(padding)
     same = padding == "same"
     return tuple((k[i], s[i], p[i], d[i], ceil, same) for i in range(2)) + (mode,)
 

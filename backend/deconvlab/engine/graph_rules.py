@@ -82,6 +82,7 @@ import torchvision
 from torch import fx, nn
 
 from .graph_kernels import PHASE_MAX_CHANNELS, phase_conv_transpose, sparse_conv_transpose
+from .._util import pair
 
 
 class UnsupportedOp(TypeError):
@@ -245,7 +246,7 @@ def conv_rule(node, g, ctx):
         if key not in ctx.cache:
             ctx.cache[key] = w * bn_scale(bn.running_var, bn.weight, bn.eps).view(-1, 1, 1, 1)
         w = ctx.cache[key]
-    st, pd, dl = (_pair(p[k]) for k in ("stride", "padding", "dilation"))
+    st, pd, dl = (pair(p[k]) for k in ("stride", "padding", "dilation"))
     hin, win = ctx.val(a).shape[-2:]
     kh, kw = w.shape[-2:]
     ho, wo = g.shape[-2:]
@@ -260,9 +261,6 @@ def conv_rule(node, g, ctx):
     gi = F.conv_transpose2d(g, w, None, st, pd, op, p["groups"], dl)
     return [(a, gi)]
 
-
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def linear_rule(node, g, ctx):

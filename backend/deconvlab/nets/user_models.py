@@ -24,11 +24,11 @@ mean/std (for one channel their averages, 0.449 and 0.226) and numbered classes.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from torch import nn
 
+from .._util import atomic_json
 from .checks import check_module
 from .program import PT2_SUFFIXES, TORCHSCRIPT_SUFFIXES, archive_kind, example_input_shape, load_program
 from .torchvision_any import IMAGENET_MEAN, IMAGENET_STD, WEIGHT_FILE_SUFFIXES, load_torchvision_model, numbered
@@ -170,7 +170,4 @@ def register(name: str, arch: str, weights: str | Path | None = None, classes: l
     reg = read_registry(root)
     reg.setdefault("models", {})[name] = entry
     path = root / "registry.json"
-    tmp = path.with_name(f".registry.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(reg, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_json(path, reg, indent=2)

@@ -10,21 +10,15 @@ reproduces it) and adds the model to ``models/registry.json``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
+from .._util import atomic_json
 from ..data import file_digest
 from .evaluate import evaluate_model
 from ..nets import load_checkpoint, models_dir, save_checkpoint
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def register(name: str, entry: dict, root: Path | None = None, default: bool = False) -> None:
@@ -35,7 +29,7 @@ def register(name: str, entry: dict, root: Path | None = None, default: bool = F
     reg["models"][name] = entry
     if default:
         reg["default"] = name
-    _write_json(path, reg)
+    atomic_json(path, reg, indent=2)
 
 
 def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str | None = None,
@@ -82,7 +76,7 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
         "class_ids": meta.class_ids,
         "sha256": {str(p.relative_to(dest)): file_digest(p) for p in files},
     }
-    _write_json(dest / "card.json", card)
+    atomic_json(dest / "card.json", card, indent=2)
     (dest / "MODEL_CARD.md").write_text(render_card(card))
     return card
 
