@@ -23,17 +23,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from deconvlab.cli.main import main
+from test_api_routes import image_id, png_of  # noqa: F401 (image_id: the upload fixture, on this module's client)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 64
 LAYERS = ("layer3.1", "layer1.0.add")
-
-
-def png_of(im: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +77,6 @@ def client(registered, small_checkpoint, tmp_path_factory):
         with TestClient(ran["app"]) as c:
             yield c
 
-
-@pytest.fixture(scope="module")
-def image_id(client, sample_image):
-    r = client.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
-    assert r.status_code == 201, r.text
-    return r.json()["image_id"]
 
 
 def test_register_wrote_the_entry(registered, capsys, tmp_path, monkeypatch):
