@@ -16,6 +16,13 @@ Every call into torch goes through ``Runner.run(fn, *args)``:
   connection): one still waiting never starts, one running raises
   ``Cancelled`` at its next ``check_cancelled()`` (the occlusion calls it
   after each batch, the evolution scan between batches);
+* interactive requests go ahead of long jobs: a job of cost 1 (a unit, a
+  projection, a map: what a click asks for) also waits in a lane of its own,
+  and a long job's ``check_cancelled()`` runs every such job waiting there,
+  on the same worker thread, before its next batch. A click during a
+  4000-pass occlusion is answered after the batch in progress, not after
+  the whole run. Each job still runs exactly once (whoever takes it first:
+  the yield point or its own place in the pool's queue), one at a time;
 * ``RecordCache`` keeps forward records (activations, switches, logits) per
   (model, image) in LRU order, bounded by the bytes of the tensors they hold.
   It is touched only from the worker thread.
@@ -24,10 +31,11 @@ Every call into torch goes through ``Runner.run(fn, *args)``:
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
@@ -56,10 +64,14 @@ _current = threading.local()  # the running job's cancel event (worker thread on
 
 
 def check_cancelled() -> None:
-    """Inside a job: raise ``Cancelled`` when its client has gone (a no-op outside a job)."""
+    """Inside a job: raise ``Cancelled`` when its client has gone (a no-op outside a job); then, inside a
+    long job, run the interactive jobs waiting (the yield point, see the module doc)."""
     event = getattr(_current, "cancel", None)
     if event is not None and event.is_set():
         raise Cancelled("the client went away; the job stopped")
+    runner = getattr(_current, "runner", None)
+    if runner is not None and not getattr(_current, "interactive", False):
+        runner.run_interactive()
 
 
 def nbytes(obj: Any, _seen: set | None = None) -> int:
@@ -119,8 +131,10 @@ class Runner:
     """One worker thread, admission by estimated cost, cancellation (see the module doc)."""
 
     def __init__(self, queue_size: int = 32, retry_after: int = 1, cache_bytes: int = 512 << 20,
-                 max_passes: int = 8192):
+                 max_passes: int = 8192, interactive_cost: int = 1):
         self.queue_size = queue_size
+        self.interactive_cost = interactive_cost  # jobs of at most this cost go ahead of long ones
+        self._interactive: collections.deque = collections.deque()  # waiting interactive jobs (_Item)
         self.retry_after = retry_after
         self.max_passes = max_passes
         self.cache = RecordCache(cache_bytes)
@@ -134,12 +148,13 @@ class Runner:
         self.passes = 0  # their estimated forward passes
         self.cancelled = 0  # jobs stopped (or never started) because their client went away
 
-    def _job(self, fn, args, kwargs, cost: int, cancel: threading.Event | None):
+    def _job(self, fn, args, kwargs, cost: int, cancel: threading.Event | None, interactive: bool = False):
         start = time.perf_counter()
+        outer = (getattr(_current, "cancel", None), getattr(_current, "interactive", False))  # a long job's
         try:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("the client went away before the job started")
-            _current.cancel = cancel
+            _current.cancel, _current.runner, _current.interactive = cancel, self, interactive
             with torch.inference_mode():
                 return fn(*args, **kwargs)
         except Cancelled:
@@ -147,7 +162,7 @@ class Runner:
                 self.cancelled += 1
             raise
         finally:
-            _current.cancel = None
+            _current.cancel, _current.interactive = outer
             per_pass = (time.perf_counter() - start) / cost
             with self._count_lock:
                 self.pending -= 1
@@ -175,13 +190,54 @@ class Runner:
         cost = max(1, int(cost))
         with self._count_lock:
             self._admit(cost)
+        item = None
         try:
-            return self._pool.submit(self._job, fn, args, kwargs, cost, cancel)
+            if cost > self.interactive_cost:
+                return self._pool.submit(self._job, fn, args, kwargs, cost, cancel)
+            item = _Item(Future(), fn, args, kwargs, cost, cancel)
+            with self._count_lock:
+                self._interactive.append(item)
+            self._pool.submit(self._take, item)
+            return item.future
         except BaseException:
             with self._count_lock:
+                if item is not None and item in self._interactive:
+                    self._interactive.remove(item)
                 self.pending -= 1
                 self.pending_passes -= cost
             raise
+
+    def _take(self, item: "_Item") -> None:
+        """The interactive job's own place in the pool's queue: run it unless a yield point already has."""
+        with self._count_lock:
+            if item not in self._interactive:
+                return
+            self._interactive.remove(item)
+        self._run_item(item)
+
+    def _run_item(self, item: "_Item") -> None:
+        if not item.future.set_running_or_notify_cancel():  # its awaiting side gave up: never run
+            with self._count_lock:
+                self.pending -= 1
+                self.pending_passes -= item.cost
+            return
+        try:
+            result = self._job(item.fn, item.args, item.kwargs, item.cost, item.cancel, interactive=True)
+        except BaseException as exc:  # noqa: BLE001 (handed to the awaiting side, as the pool does)
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result)
+
+    def run_interactive(self) -> int:
+        """On the worker, inside a long job: run every interactive job waiting, in order; how many ran."""
+        ran = 0
+        while True:
+            with self._count_lock:
+                if not self._interactive:
+                    return ran
+                item = self._interactive.popleft()
+            self._run_item(item)
+            ran += 1
 
     async def run(self, fn: Callable, *args, cost: int = 1, request=None, **kwargs):
         """Await ``fn(*args, **kwargs)`` run on the worker (raises its exception, QueueFull or Cancelled).
@@ -204,6 +260,15 @@ class Runner:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Item:
+    """An interactive job waiting in its lane (identity matters: each is taken once)."""
+
+    __slots__ = ("future", "fn", "args", "kwargs", "cost", "cancel")
+
+    def __init__(self, future, fn, args, kwargs, cost, cancel):
+        self.future, self.fn, self.args, self.kwargs, self.cost, self.cancel = future, fn, args, kwargs, cost, cancel
 
 
 async def _watch(request, cancel: threading.Event, every: float = 0.2) -> None:
