@@ -19,6 +19,7 @@ def test_layer_stats_equal_numpy(small_record, layer):
     flat = a.reshape(a.shape[0], -1)
     np.testing.assert_allclose([s.max for s in stats], flat.max(1), rtol=1e-6)
     np.testing.assert_allclose([s.mean for s in stats], flat.mean(1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([s.min for s in stats], flat.min(1), rtol=1e-6)
     for s in stats:
         if a.ndim == 1:
             assert s.argmax is None

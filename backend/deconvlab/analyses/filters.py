@@ -7,6 +7,8 @@ avoid. Two readings of "dead" are reported here:
 
 * by weight: a filter whose RMS is below ``weight_fraction`` of the median
   filter RMS of its layer (a near-zero filter: it carries no pattern);
+  ``filter_stats`` gives each filter's norm, RMS and this verdict (the
+  browser app's Fig. 6 panel and ``GET /api/layers/{layer}/filters``);
 * by activation (when images are given): a unit whose rectified activation is
   zero at every position of every image (it never fires).
 
@@ -81,6 +83,28 @@ def filters_mosaic(net_or_module, layer: str | None = FIRST, scale: int = 4, col
     if scale > 1:
         tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     return mosaic(list(tiles), columns=columns)
+
+
+DEAD_RULE = "RMS of its weights below {fraction:g} of the median filter RMS of its layer"
+
+
+def filter_stats(net_or_module, layer: str | None = FIRST, weight_fraction: float = 0.05) -> dict:
+    """Numbers for each filter of a conv layer (the first by default), as the Fig. 6 panel lists them.
+
+    ``{"filters": [{"unit", "norm", "rms", "dead"}], "dead": count, "median_rms", "rule"}``: ``norm``
+    is the L2 norm of the filter's weights (bias left out), ``rms`` = norm / sqrt(weights per filter),
+    and a filter is dead by weight exactly as :func:`dead_filters` counts it (``rule``)."""
+    if not 0 <= weight_fraction < 1:
+        raise ValueError(f"weight_fraction: expected 0 <= f < 1, got {weight_fraction!r}")
+    w = _conv(_module(net_or_module), layer).weight.detach().float().cpu().flatten(1)
+    norm = w.norm(dim=1)
+    rms = w.pow(2).mean(1).sqrt()
+    median = rms.median()
+    dead = rms < weight_fraction * median
+    return {"filters": [{"unit": u, "norm": float(norm[u]), "rms": float(rms[u]), "dead": bool(dead[u])}
+                        for u in range(w.shape[0])],
+            "dead": int(dead.sum()), "median_rms": float(median),
+            "rule": DEAD_RULE.format(fraction=weight_fraction)}
 
 
 def _by_weight(module: nn.Module, weight_fraction: float) -> dict[str, dict]:

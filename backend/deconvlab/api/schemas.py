@@ -62,6 +62,7 @@ class Predictions(BaseModel):
 class UnitSummary(BaseModel):
     unit: int
     max: float
+    min: float  # with max: the ends of the colour scale of the unit's map.png (viridis on its own range)
     mean: float
     argmax: list[int] | None  # [y, x]; None for fc layers
 
@@ -103,6 +104,23 @@ class Top(BaseModel):
     layer: str
     unit: int
     entries: list[TopEntry]
+
+
+class FilterStat(BaseModel):
+    unit: int
+    norm: float  # L2 norm of the filter's weights (bias left out)
+    rms: float  # norm / sqrt(weights per filter)
+    dead: bool  # by weight: rms below the rule's fraction of the layer's median rms
+
+
+class Filters(BaseModel):
+    model: str
+    layer: str
+    filters: list[FilterStat]
+    dead: int  # how many are dead by weight
+    median_rms: float
+    rule: str  # "dead" in words: RMS of its weights below 0.05 of the median filter RMS of its layer
+    mosaic_url: str
 
 
 class Sample(BaseModel):

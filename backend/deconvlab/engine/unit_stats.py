@@ -10,6 +10,8 @@ field       what it is
 ==========  =================================================================
 ``unit``    the channel
 ``max``     its largest activation over the map (an fc unit: its value)
+``min``     its smallest activation over the map (an fc unit: its value); with
+            ``max``, the ends of the colour scale a feature map is drawn on
 ``mean``    its mean activation over the map (an fc unit: its value)
 ``argmax``  (y, x) of the first maximum in row-major order, as the point seed
             takes it (``Net.seed_box``); None for an fc unit
@@ -32,6 +34,7 @@ class UnitStats:
     max: float
     mean: float
     argmax: tuple[int, int] | None  # (y, x); None for fc units
+    min: float  # its smallest activation (last: the fields before it kept their places)
 
 
 def layer_stats(rec: Record, layer: str, item: int = 0) -> list[UnitStats]:
@@ -44,7 +47,9 @@ def layer_stats(rec: Record, layer: str, item: int = 0) -> list[UnitStats]:
     flat = a.reshape(a.shape[0], -1)
     top, where = flat.max(dim=1)
     mean = flat.mean(dim=1)
+    low = flat.amin(dim=1)
     conv = a.dim() == 3
     width = a.shape[-1] if conv else 1
-    top, where, mean = top.cpu().tolist(), where.cpu().tolist(), mean.cpu().tolist()
-    return [UnitStats(u, top[u], mean[u], divmod(where[u], width) if conv else None) for u in range(len(top))]
+    top, where, mean, low = top.cpu().tolist(), where.cpu().tolist(), mean.cpu().tolist(), low.cpu().tolist()
+    return [UnitStats(u, top[u], mean[u], divmod(where[u], width) if conv else None, low[u])
+            for u in range(len(top))]

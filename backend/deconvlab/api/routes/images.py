@@ -67,13 +67,13 @@ async def predictions(state: State, slot: Model, img: Image, k: Annotated[int, Q
 
 @router.get("/images/{image_id}/layers/{layer}", response_model=LayerSummary)
 async def layer_summary(state: State, slot: Model, img: Image, layer: Layer) -> LayerSummary:
-    """Per unit of the layer: max, mean and the (y, x) of the max."""
+    """Per unit of the layer: max, min, mean and the (y, x) of the max."""
     from ...engine.unit_stats import layer_stats
 
     d = slot.layer(layer)
     stats = await state.runner.run(lambda: layer_stats(forward_record(state, slot, img), layer))
     return LayerSummary(image_id=img.image_id, model=slot.name, layer=layer, kind=d["kind"], shape=list(d["shape"]),
-                        units=[UnitSummary(unit=s.unit, max=s.max, mean=s.mean,
+                        units=[UnitSummary(unit=s.unit, max=s.max, min=s.min, mean=s.mean,
                                            argmax=None if s.argmax is None else list(s.argmax)) for s in stats])
 
 
