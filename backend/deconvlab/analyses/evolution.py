@@ -113,16 +113,27 @@ def subset_indices(total: int, n: int = 500, seed: int = 0) -> np.ndarray:
 
 
 def normalise(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, S, S, 3) -> float (N, 3, S, S), normalised as ``Net.preprocess`` does."""
-    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0  # a writable copy
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    """uint8 RGB (N, S, S, 3) -> float (N, C, S, S), normalised as ``Net.preprocess`` does, with
+    C = ``len(mean)``: 3 (RGB as it is) or 1 (luminance, as PIL's ``convert("L")`` makes it for a
+    one-channel model). Errors: other C, or ``std`` of another length: ``ValueError``."""
+    C = len(mean)
+    if C not in (1, 3) or len(std) != C:
+        raise ValueError(f"mean, std: expected one value per input channel, 1 (grayscale) or 3 (RGB), "
+                         f"got {len(mean)} and {len(std)}")
+    a = np.asarray(images, dtype=np.uint8)
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"images: expected uint8 RGB of shape (N, S, S, 3), got {a.shape}")
+    if C == 1:  # the same rounding as Net.preprocess's im.convert("L")
+        a = np.stack([np.asarray(Image.fromarray(im, "RGB").convert("L")) for im in a])[..., None]
+    x = torch.from_numpy(np.array(a, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0  # a writable copy
+    m = torch.tensor(mean, dtype=torch.float32).view(1, C, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, C, 1, 1)
     return (x - m) / s
 
 
 def image_loader(split: Split, size: int, mean, std) -> Callable[[Sequence[int]], torch.Tensor]:
-    """``load(indices)``: those images of ``split`` as a normalised (N, 3, size, size) batch,
-    read as ``Net.preprocess`` reads them."""
+    """``load(indices)``: those images of ``split`` as a normalised (N, C, size, size) batch
+    (C = ``len(mean)``), read as ``Net.preprocess`` reads them."""
     def load(indices: Sequence[int]) -> torch.Tensor:
         arr = decoded(split, size, progress=False, indices=np.asarray(indices, dtype=np.int64))
         return normalise(arr, mean, std)
@@ -321,7 +332,7 @@ class Evolution:
 
     @torch.no_grad()
     def projection(self, layer: str, unit: int, epoch: int, method: str = "deconv") -> np.ndarray:
-        """The deconvnet projection (3 x S x S float32) of the unit's strongest activation at ``epoch``."""
+        """The deconvnet projection (C x S x S float32) of the unit's strongest activation at ``epoch``."""
         net = self.net(epoch)
         value, row, pos = self.scans[epoch].strongest(layer, unit)
         x = self.load(self.image_indices[row:row + 1])
