@@ -28,6 +28,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     "TopKIndex": ("deconvlab.index", "TopKIndex"),
     "occlusion": ("deconvlab.analyses.occlusion", "occlusion"),
     "render": ("deconvlab.render", None),
+    "sanity": ("deconvlab.analyses.sanity", None),
 }
 
 __all__ = ["load", "__version__", *_LAZY]
