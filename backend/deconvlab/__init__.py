@@ -29,6 +29,8 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     "occlusion": ("deconvlab.analyses.occlusion", "occlusion"),
     "render": ("deconvlab.render", None),
     "sanity": ("deconvlab.analyses.sanity", None),
+    "compare": ("deconvlab.analyses.compare", None),
+    "region": ("deconvlab.analyses.region", None),
 }
 
 __all__ = ["load", "__version__", *_LAZY]
