@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+DEFAULT_K = 20
 RULE = ("positions whose receptive field (clipped to the image) overlaps the box in the most pixels (all "
         "that tie); each unit's strongest activation among them; largest first, ties to the lower unit")
 
@@ -120,13 +121,15 @@ class Region:
                 "units": [u.to_dict() for u in self.units]}
 
 
-def rank_units(net, rec, layer: str, box: Sequence, k: int = 20, index: int = 0) -> Region:
-    """The ``k`` units of ``layer`` that respond most strongly inside ``box`` (the module docstring's
-    rule), from a record of ``net.forward`` (``index``: the image in a batched record)."""
+def rank_units(net, rec, layer: str, box: Sequence, k: int | None = None, index: int = 0) -> Region:
+    """The ``k`` units of ``layer`` (default 20, or all when fewer) that respond most strongly inside
+    ``box`` (the module docstring's rule), from a record of ``net.forward`` (``index``: the image in a
+    batched record)."""
     act = net.activation(rec, layer)
     if not 0 <= index < act.shape[0]:
         raise ValueError(f"index: expected 0..{act.shape[0] - 1}, got {index}")
     C = int(act.shape[1])
+    k = min(DEFAULT_K, C) if k is None else k
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= C:
         raise ValueError(f"k: expected 1..{C} (the units of layer {layer}), got {k!r}")
     size = tuple(int(s) for s in rec.input.shape[-2:])
