@@ -147,3 +147,30 @@ def test_errors_are_the_projection_routes(world):
         assert r.status_code == want.status_code == status, (path, params, r.text)
         assert r.json()["detail"] == want.json()["detail"] and r.json()["detail"]
     assert c.get("/api/images/ffffffffffffffffffffffff/layers/conv3/units/1/report.html").status_code == 404
+
+
+def test_sanity_strip_appears_once_computed(world):
+    c, image_id, _ = world
+    rep = read_report(_get(c, image_id, layer="conv2", unit=6, method="guided").text)
+    assert rep["sections"]["sanity"] == "absent" and "/sanity runs one" in rep["absent"]["sanity"]
+    got = c.get(f"/api/images/{image_id}/layers/conv2/units/6/sanity", params={"method": "guided"})
+    assert got.status_code == 200, got.text
+    steps = got.json()["steps"]
+    rep = read_report(_get(c, image_id, layer="conv2", unit=6, method="guided").text)
+    assert rep["sections"]["sanity"] == "present"
+    figs = [k for k in rep["figures"] if k.startswith("sanity-")]
+    assert figs == [f"sanity-{k}" for k in range(len(steps))] and len(steps) == 3  # trained, conv2, conv2+conv1
+    t, l, b, r = got.json()["box"]
+    for k, s in enumerate(steps):
+        f = rep["figures"][f"sanity-{k}"]
+        assert f"Spearman {s['spearman']:.2f}" in f["alt"] if s["spearman"] is not None else "n/a" in f["alt"]
+        # the strip's cell is the step's own projection PNG, cropped to the box (and scaled to 96 px wide)
+        want = Image.open(io.BytesIO(c.get(s["projection_url"]).content)).convert("RGB").crop((l, t, r, b))
+        cell = Image.open(io.BytesIO(f["png"])).convert("RGB")
+        assert cell.width == 96
+        a = np.asarray(cell.resize(want.size, Image.BILINEAR), np.float32).ravel()
+        w = np.asarray(want, np.float32).ravel()
+        if w.std() == 0:  # a step whose unit no longer fires there: an all-zero projection, flat grey
+            assert a.std() == 0 and a[0] == w[0], k
+        else:
+            assert np.corrcoef(a, w)[0, 1] > 0.8, k  # the same picture (up to the scaling there and back)

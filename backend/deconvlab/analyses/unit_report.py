@@ -47,6 +47,11 @@ top-k index is building") say why a section is missing. Rules of the numbers:
 
 Errors: an unknown layer is the ``Net``'s ``KeyError``; a unit, position,
 method or seed out of range a ``ValueError`` ("expected X, got Y").
+
+``read_report(html)`` reads a saved page back (provenance, section states,
+figures as PNG bytes). The HTML itself is written by ``_unit_report_html``;
+this module (about 530 lines) keeps the seven sections' builders together, as
+they are one idea: the page of one unit.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
+
+from ._unit_report_html import read_report  # noqa: F401 (public here: a saved page read back)
 
 METHODS = ("deconv", "guided", "backprop")
 METHOD_NAMES = {"deconv": "deconvnet (Zeiler & Fergus)", "guided": "guided backpropagation",
@@ -363,16 +370,60 @@ def _as_image(im) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(np.asarray(im, dtype=np.uint8)))
 
 
+def sanity_data(result) -> dict:
+    """An ``analyses.sanity.SanityResult`` as the mapping ``sanity_section`` reads: its ``to_dict()``
+    with each step's ``projection`` added (the server's stored answer plus its projections is the same)."""
+    d = result.to_dict()
+    for step, s in zip(d["steps"], result.steps):
+        step["projection"] = s.projection
+    return d
+
+
+def _modules(names: Sequence[str]) -> str:
+    names = list(names)
+    if not names:
+        return "none (the trained model)"
+    return ", ".join(names) if len(names) <= 3 else f"{len(names)} modules ({names[0]} ... {names[-1]})"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{float(v):.2f}"
+
+
+def _sanity_strip(d: Mapping, cell: int = 96) -> Section:
+    """Adebayo et al.'s strip: each step's projection in the receptive field, with its numbers."""
+    from .evolution import projection_crop
+
+    box, figs = d["box"], []
+    for k, st in enumerate(d["steps"]):
+        where = "the trained model" if not st["randomized"] else f"random {_modules(st['randomized'])}"
+        figs.append(Figure(f"sanity-{k}", "trained" if k == 0 else f"step {k}",
+                           projection_crop(np.asarray(st["projection"], np.float32), box, cell),
+                           alt=f"step {k}: {d['method']} projection of {where}; Spearman {_num(st['spearman'])}, "
+                               f"SSIM {_num(st['ssim'])} against the trained model's",
+                           caption=f"{_modules(st['randomized'])}; rho {_num(st['spearman'])}, "
+                                   f"SSIM {_num(st['ssim'])}"))
+    note = (f"parameter randomisation (Adebayo et al. 2018), {d['mode']}, seed {d['seed']}: the {d['method']} "
+            f"projection with the weights it passes through re-initialised, cropped to the receptive field "
+            f"{tuple(box)}; rank correlation with the input's edges {_num(d.get('edge_spearman'))}")
+    return Section("sanity", TITLES["sanity"], figs, note=note, columns=min(len(figs), 8))
+
+
 def sanity_section(sanity) -> Section:
-    """A ``Section`` as it is (keyed ``sanity``), or a mapping ``{"figures": [{"title", "image" (PIL,
-    PNG bytes or uint8 array), "alt", "caption"}], "note"}`` -> the sanity section; None: absent."""
+    """The sanity strip from a ``SanityResult``, a mapping like ``sanity_data``'s (``steps`` with
+    ``projection``s, ``box``, ``method``, ``mode``, ``seed``), a mapping ``{"figures": [{"title",
+    "image" (PIL, PNG bytes or uint8 array), "alt", "caption"}], "note"}``, or a ``Section`` as it is."""
     if sanity is None:
         return Section("sanity", TITLES["sanity"], absent="no sanity checks computed for this unit")
     if isinstance(sanity, Section):
         sanity.key = "sanity"
         return sanity
+    if hasattr(sanity, "steps") and hasattr(sanity, "to_dict"):
+        sanity = sanity_data(sanity)
     if not isinstance(sanity, Mapping):
-        raise TypeError(f"sanity: expected a Section, a mapping or None, got {type(sanity).__name__}")
+        raise TypeError(f"sanity: expected a SanityResult, a Section, a mapping or None, got {type(sanity).__name__}")
+    if sanity.get("steps"):
+        return _sanity_strip(sanity)
     figs = [Figure(str(f.get("key", f"sanity-{i}")), str(f.get("title", "")), _as_image(f["image"]),
                    alt=str(f.get("alt") or f.get("title") or "sanity check"), caption=str(f.get("caption", "")))
             for i, f in enumerate(sanity.get("figures", []))]
@@ -480,10 +531,3 @@ def show(net, image, layer: str, unit: int, method: str = "deconv", **kw) -> Uni
         net = load(str(net))
     return build_report(net, image, layer, unit, method=method, **kw)
 
-
-def read_report(text: str) -> dict:
-    """A saved report's HTML read back (provenance, section states, figures as PNG bytes); see
-    ``_unit_report_html.read_report``."""
-    from ._unit_report_html import read_report as read
-
-    return read(text)

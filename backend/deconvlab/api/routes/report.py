@@ -13,7 +13,7 @@ evolution        a scan the server has already made (``state.evolutions``; the  
                  largest ``n`` kept in memory); never started for a report          snapshots, no data set
 occlusion        the stored results (``state.occlusions``) of this model and        none stored; never
                  image, those tracking this unit first (at most ``MAX_OCCLUSIONS``)  computed for a report
-sanity           the sanity checks' cached result, when that module exists          none cached
+sanity           the stored sanity check (``sanity_store``, seed 0; never run)       none stored
 ===============  =================================================================  ========================
 
 Query: ``method`` (the one the page names first; all three are shown), ``seed``
@@ -79,17 +79,24 @@ def cached_evolution(state, slot):
     return max(views, key=lambda v: len(v.image_indices)), ""
 
 
-def cached_sanity(state, slot, img, layer: str, unit: int):
-    """The sanity checks' cached result for this unit, or ``(None, why)``."""
-    try:
-        from . import sanity as sanity_route  # noqa: F401 (another helper's module; may not exist yet)
-    except ImportError:
-        return None, "the sanity checks are not part of this server"
-    lookup = getattr(sanity_route, "cached_result", None)
-    if lookup is None:
-        return None, "the sanity checks have no cached-result lookup on this server"
-    found = lookup(state, slot, img, layer, unit)
-    return (found, "") if found is not None else (None, "no sanity checks computed for this unit")
+def cached_sanity(state, slot, img, layer: str, unit: int, method: str):
+    """The sanity check stored for this unit (``sanity_store``: the report's method first, then the
+    others; cascading, then independent; seed 0) with its steps' projections, or ``(None, why)``."""
+    from ...analyses.unit_report import METHODS
+    from ..sanity_store import sanity_store
+
+    store = sanity_store(state)
+    for m in (method, *[m for m in METHODS if m != method]):
+        for mode in ("cascading", "independent"):
+            sid = store.key(slot.name, img.image_id, layer, unit, m, mode, 0)
+            found = store.get(sid)
+            if found is None:
+                continue
+            steps = [dict(s, projection=store.projection(sid, k)) for k, s in enumerate(found["steps"])]
+            if all(s["projection"] is not None for s in steps):
+                return {**found, "steps": steps}, ""
+    return None, (f"no sanity check computed for this unit (GET /api/images/{img.image_id}/layers/{layer}/units/"
+                  f"{unit}/sanity runs one)")
 
 
 def _build(state, slot, img, layer: str, unit: int, method: str, seed: str, position, evolution):
@@ -107,7 +114,7 @@ def _build(state, slot, img, layer: str, unit: int, method: str, seed: str, posi
     ev, why = evolution
     if ev is None:
         absent["evolution"] = why.replace("{layer}", layer).replace("{unit}", str(unit))
-    sanity, why = cached_sanity(state, slot, img, layer, unit)
+    sanity, why = cached_sanity(state, slot, img, layer, unit, method)
     if sanity is None:
         absent["sanity"] = why
     occlusions = stored_occlusions(state, slot.name, img.image_id, layer, unit)
