@@ -16,6 +16,7 @@ name            what it is                                       where it lives
 ``TopKIndex``   a unit's top-9 data-set patches (Fig. 2)         ``deconvlab.index``
 ``occlusion``   occlusion sensitivity maps (Fig. 7)              ``deconvlab.analyses``
 ``render``      projections and feature maps -> images           ``deconvlab.render``
+``show``        one unit's page (notebook, HTML file; issue 16)  ``deconvlab.analyses``
 ==============  ===============================================  ==========================
 """
 
@@ -31,6 +32,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     "sanity": ("deconvlab.analyses.sanity", None),
     "compare": ("deconvlab.analyses.compare", None),
     "region": ("deconvlab.analyses.region", None),
+    "show": ("deconvlab.analyses.unit_report", "show"),
 }
 
 __all__ = ["load", "__version__", *_LAZY]
