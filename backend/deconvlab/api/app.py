@@ -177,10 +177,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     bounds.install(app, settings.max_body_bytes)
     openapi.install(app, settings.evolution_max_n)
 
-    from .routes import analyses, filters, images, occlusion, report, sanity, system, top
+    from .routes import analyses, compare, filters, images, occlusion, region, report, sanity, system, top
 
     for r in (system.router, images.router, top.router, occlusion.router, filters.router, analyses.router,
-              report.router, sanity.router):
+              report.router, sanity.router, compare.router, region.router):
         app.include_router(r, prefix="/api")
     fallback.install(app)  # after the API routes, before any mount: 405 with the real Allow, JSON 404
 
