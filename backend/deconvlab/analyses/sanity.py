@@ -400,6 +400,14 @@ def _check(method: str, mode: str, seed) -> None:
         raise ValueError(f"seed: expected an integer 0..{SEED_MAX}, got {seed!r}")
 
 
+def _seed(net, rec, layer: str, unit: int, position):
+    """``Net.seed_box`` after the checks of ``Net.project`` (unit and position in range)."""
+    from ..engine.items import check_item
+
+    check_item((layer, unit, position), net.activation(rec, layer), 1, layer, "point")
+    return net.seed_box(rec, layer, int(unit), position)
+
+
 def _project(net, x, layer, unit, method, position) -> tuple[np.ndarray, float]:
     rec = net.forward(x)
     a = net.activation(rec, layer)[0, unit]
@@ -431,7 +439,7 @@ def randomization(net, x: torch.Tensor, layer: str, unit: int, method: str = "de
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x: expected one image, 1xCxHxW, got shape {tuple(x.shape)}")
     rec = net.forward(x)
-    position, box = net.seed_box(rec, layer, unit, position)
+    position, box = _seed(net, rec, layer, unit, position)
     p0, v0 = _project(net, x, layer, unit, method, position)
     edges = edge_map(x, net.meta.mean, net.meta.std)
     schedule = steps_of(randomizable_layers(net, layer), mode)
@@ -457,7 +465,7 @@ def randomized_projection(net, x: torch.Tensor, layer: str, unit: int, method: s
     trained model's strongest activation."""
     _check(method, "cascading", seed)
     x = x.unsqueeze(0) if x.dim() == 3 else x
-    position, _ = net.seed_box(net.forward(x), layer, unit, position)
+    position, _ = _seed(net, net.forward(x), layer, unit, position)
     rnet = _private_net(net)
     _Randomiser(rnet, int(seed), init).set(list(randomize))
     return _project(rnet, x, layer, unit, method, position)
