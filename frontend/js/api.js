@@ -176,6 +176,8 @@ export function createApi({
       ...(signal ? { signal } : {}),
     }),
     filtersUrl: (layer, model) => withParams(`${base}/layers/${enc(layer)}/filters.png`, m(model)),
+    /** Each filter's norm and whether it is dead by weight, and the rule for "dead" in words. */
+    filterStats: (layer, model) => json(withParams(`${base}/layers/${enc(layer)}/filters`, m(model))),
     evolution: (layer, unit, model) => json(withParams(`${base}/layers/${enc(layer)}/units/${enc(unit)}/evolution`, m(model))),
     /** A URL the server handed out (patch_url, ...), with the model added when it lacks one. */
     serverUrl: (url, model) => (String(url).includes('model=') ? url : withParams(url, m(model))),

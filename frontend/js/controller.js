@@ -26,7 +26,7 @@ export function initialState() {
     layerQuery: '', // the layer picker's filter box
     expanded: [], // picker groups whose inner layers are shown
     unitData: idle(), unitMap: idle(), projection: idle(), topk: idle(), evolution: idle(),
-    filters: idle(),
+    filters: idle(), filterStats: idle(), // the Fig. 6 mosaic; each filter's numbers
     occlusion: { ...idle(), params: { ...OCCLUSION_DEFAULTS }, startedAt: null },
     panel: null, // 'occlusion' | 'filters' | null
     notice: null, // a message about the link or the state, in words
@@ -245,6 +245,7 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
 
     if (state.panel === 'filters') {
       load('filters', M, (signal) => api.image(api.filtersUrl(FILTERS_LAYER, M), { signal }));
+      load('filterStats', M, () => api.filterStats(FILTERS_LAYER, M));
     }
     const occ = state.occlusion;
     if (occ.key !== null && occ.key !== `${M}|${img}`) {

@@ -56,4 +56,5 @@ controller = createController({
 });
 controller.start();
 // For the browser tests and the curious: the state as plain data.
-window.deconvlab = { state: () => controller.get() };
+// onChange(fn): fn(state) after every render (the browser tests note the order answers arrive in).
+window.deconvlab = { state: () => controller.get(), onChange: (fn) => controller.onChange(fn) };

@@ -56,6 +56,10 @@ function fakeApi({ images = new Set(['img1']), hold = null } = {}) {
     top: (layer, unit) => gate(`top:${layer}:${unit}`, () => ({ layer, unit, entries: [{ rank: 1, image_index: 5, label: 'a', value: 2, patch_url: 'p', projection_url: 'q', image_url: 'i' }] })),
     evolution: (layer, unit) => gate(`evo:${layer}:${unit}`, () => { throw new ApiError('no training snapshots for model tiny', { status: 404 }); }),
     filtersUrl: () => '/filters.png',
+    filterStats: (layer, model) => gate(`filterStats:${layer}:${model}`, () => ({
+      layer, filters: [{ unit: 0, norm: 1, rms: 0.1, dead: false }, { unit: 1, norm: 0, rms: 0, dead: true }], dead: 1,
+      median_rms: 0.05, rule: 'RMS of its weights below 0.05 of the median filter RMS of its layer',
+    })),
     occlusion: (id, body) => gate(`occ:${id}`, () => ({ grid: [2, 2], ...body })),
   };
 }
@@ -329,4 +333,18 @@ test('a model switch keeps the image and picks the same layer, or one as deep', 
   assert.equal(s().unit, null);
   c.handlers.selectModel('tiny');
   assert.equal(s().layer, 'conv2');
+});
+
+test('the filters panel loads the mosaic and each filter\'s numbers once per model, only when open', async () => {
+  const { api, c, s } = setup('#image=img1');
+  await flush();
+  assert.ok(!api.calls.some((x) => x.startsWith('filterStats')), 'nothing asked while the panel is closed');
+  c.handlers.openPanel('filters');
+  await flush();
+  assert.equal(s().filterStats.status, 'ok');
+  assert.equal(s().filterStats.data.dead, 1);
+  c.handlers.closePanels();
+  c.handlers.openPanel('filters');
+  await flush();
+  assert.deepEqual(api.calls.filter((x) => x.startsWith('filterStats')), ['filterStats:conv1:tiny']);
 });

@@ -25,3 +25,8 @@ test('graph-net layer names keep their dots; odd characters become dashes; absen
   }
   assert.throws(() => figureFileName({ model: 'm' }), /figure: expected/);
 });
+
+test('the evolution strip is named by model, layer, unit, method and the scan\'s size (no uploaded image in it)', () => {
+  assert.equal(figureFileName({ figure: 'evolution', model: 'zf', layer: 'conv2', unit: 3, method: 'deconv', seed: 'point', extra: 'n12' }),
+    'zf_conv2_unit3_deconv-point_n12_evolution.png');
+});

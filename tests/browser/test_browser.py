@@ -2,11 +2,12 @@
 
 One server for the module, started as a subprocess on a free loopback port,
 with its own models folder (a small random-weight ZFNet named
-``zfnet-imagenette``, and ``tiny-resnet``: torchvision's resnet18 with seeded
-random weights at 64 px, registered with ``user_models.register`` as a user
-would, so the app meets a graph model of 80+ layers), a tiny generated
-ImageFolder data set and the ZFNet's top-k index, so nothing here depends on
-training or on the shared data. axe-core (``tests/browser/node_modules``,
+``zfnet-imagenette``, with two seeded "training snapshots" for the evolution
+strip, and ``tiny-resnet``: torchvision's resnet18 with seeded random weights
+at 64 px, registered with ``user_models.register`` as a user would, so the app
+meets a graph model of 80+ layers), a tiny generated ImageFolder data set and
+both models' top-k indexes, so nothing here depends on training or on the
+shared data. axe-core (``tests/browser/node_modules``,
 ``make browser-deps``) checks the main states for serious or critical
 accessibility violations, desktop and phone, light and dark. The image
 the test uploads is a real Imagenette JPEG when ``$DECONVLAB_DATA`` has one,
@@ -131,9 +132,13 @@ def server(tmp_path_factory):
     models = root / "models"
     model, meta = small_zfnet_module()
     save_checkpoint(models / "zfnet-imagenette" / "model.safetensors", model, meta)
+    for epoch in (1, 2):  # Fig. 4's strip: two "snapshots" (other seeds), as `deconvlab publish` lays them out
+        snap, _ = small_zfnet_module(seed=epoch)
+        save_checkpoint(models / "zfnet-imagenette" / "snapshots" / f"epoch-{epoch:03d}.safetensors", snap, meta)
     (models / "registry.json").write_text(json.dumps({
         "default": "zfnet-imagenette",
-        "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors"}},
+        "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors",
+                                        "snapshots": "zfnet-imagenette/snapshots"}},
     }))
     _register_tiny_resnet(models)
     data = _tiny_imagefolder(root / "data")
@@ -146,16 +151,18 @@ def server(tmp_path_factory):
         "DECONVLAB_DEVICE": "cpu",
         "OMP_NUM_THREADS": "1",
     }
-    # The top-k index the gallery reads, where the server looks for it (in-process:
-    # a `deconvlab index` subprocess would spend most of its time importing torch).
+    # The top-k indexes the gallery reads, where the server looks for them (in-process:
+    # a `deconvlab index` subprocess would spend most of its time importing torch). The
+    # ResNet's covers every layer it lists (block outputs, inner layers) over the 12 images.
     from deconvlab.index import build_index
 
     with pytest.MonkeyPatch.context() as mp:
         for key in ("DECONVLAB_MODELS", "DECONVLAB_DATA", "DECONVLAB_CACHE"):
             mp.setenv(key, env[key])
-        build_index("zfnet-imagenette", data, "val", k=9, batch_size=16, workers=0, progress=False)
+        for name in ("zfnet-imagenette", TINY_RESNET):
+            build_index(name, data, "val", k=9, batch_size=16, workers=0, progress=False)
 
-    with live_server(env, root) as base:
+    with live_server(env, root, timeout=240) as base:  # start-up loads both models: slow on busy cores
         yield base
 
 
@@ -198,6 +205,29 @@ def _wait_gallery(page, n: int) -> None:
               const imgs = [...document.querySelectorAll(`[data-testid=${t}] img`)];
               return imgs.length === n && imgs.every(i => i.complete && i.naturalWidth > 0); })""",
         arg=n)
+
+
+def _patches_are(page, entries: list[dict]) -> None:
+    """The gallery shows the API's entries, in rank order (each patch image is its entry's patch_url)."""
+    srcs = page.locator("[data-testid=topk-patch] img").evaluate_all("els => els.map(e => e.getAttribute('src'))")
+    assert [s.split("?")[0] for s in srcs] == [e["patch_url"].split("?")[0] for e in entries]
+
+
+def _fmt(v: float) -> str:
+    """The app's number format (views/dom.js fmt): 3 decimals, 1 from 100 on, exponent beyond 1e4 or below 1e-3."""
+    a = abs(v)
+    if a != 0 and (a >= 1e4 or a < 1e-3):
+        return f"{v:.2e}".replace("e+0", "e+").replace("e-0", "e-")
+    return f"{v:.1f}" if a >= 100 else f"{v:.3f}"
+
+
+def _download(page, selector: str, tmp: Path) -> tuple[str, Image.Image]:
+    """Click a download control; (suggested file name, the saved PNG)."""
+    with page.expect_download() as dl:
+        page.click(selector)
+    path = tmp / dl.value.suggested_filename
+    dl.value.save_as(str(path))
+    return dl.value.suggested_filename, Image.open(path)
 
 
 def test_upload_explore_reload_and_bad_upload(server, page, tmp_path):
@@ -431,6 +461,14 @@ def test_graph_model_picker_search_unit_and_deep_link(server, page, tmp_path):
     page.keyboard.press("ArrowRight")
     page.wait_for_function("() => window.deconvlab.state().layer === 'layer3.1.bn1'")
     assert page.evaluate("document.activeElement.dataset.layer") == "layer3.1.bn1"
+    # The colour bar's numbers: no unit chosen, so the strongest unit's own min..max (a batch norm's
+    # output: not rectified, its min is no zero), as the API's layer summary gives them.
+    bn = httpx.get(f"{server}/api/images/{image}/layers/layer3.1.bn1", params={"model": TINY_RESNET}).json()["units"]
+    best = max(bn, key=lambda u: (u["max"], -u["unit"]))
+    assert best["min"] != 0 and best["min"] < best["max"]
+    page.wait_for_function("() => document.querySelector('[data-testid=units-legend] .legend-lo').textContent.startsWith('unit ')")
+    assert page.inner_text("[data-testid=units-legend] .legend-lo") == f"unit {best['unit']}: {_fmt(best['min'])}"
+    assert page.inner_text("[data-testid=units-legend] .legend-hi") == _fmt(best["max"])
 
     # The block output, a unit: its projection; shot for a person to look at.
     page.click("[data-testid=layer-tab][data-layer='layer3.1']")
@@ -439,12 +477,14 @@ def test_graph_model_picker_search_unit_and_deep_link(server, page, tmp_path):
     assert page.locator("[data-testid=unit]").count() == len(units)
     page.click("[data-testid=unit][data-unit='5']")
     _wait_img(page, ".projection-img")
+    # Its top-9 from the ResNet's own index (built over the 12 data-set images by the fixture).
     top = httpx.get(f"{server}/api/layers/layer3.1/units/5/top", params={"model": TINY_RESNET})
-    if top.status_code == 200:
-        _wait_gallery(page, len(top.json()["entries"]))
-    else:  # no index for this model here: the pane says the server's words
-        page.wait_for_selector("[data-testid=topk-status].error")
-        assert top.json()["detail"] in page.inner_text("[data-testid=topk-status]")
+    assert top.status_code == 200, top.text
+    entries = top.json()["entries"]
+    assert len(entries) == 9
+    _wait_gallery(page, 9)
+    assert "layer3.1 unit 5" in page.inner_text("[data-testid=topk-status]")
+    _patches_are(page, entries)
     page.screenshot(path=str(tmp_path / "resnet.png"), full_page=True)
     _not_blank(tmp_path / "resnet.png")
 
@@ -453,6 +493,8 @@ def test_graph_model_picker_search_unit_and_deep_link(server, page, tmp_path):
     assert "layer=layer3.1&" in deep or deep.endswith("layer=layer3.1") or "layer=layer3.1&unit=5" in deep
     page.reload()
     _wait_img(page, ".projection-img")
+    _wait_gallery(page, 9)
+    _patches_are(page, entries)
     assert page.url == deep
     assert _state(page)["layer"] == "layer3.1" and _state(page)["unit"] == 5
     assert page.locator("[data-testid=layer-tab][aria-selected=true]").get_attribute("data-layer") == "layer3.1"
@@ -492,7 +534,23 @@ def test_lazy_thumbnails_and_explanations(server, page):
     assert "Guided backprop" in page.inner_text("[data-testid=explain]")
 
 
-def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page):
+def _crop(page) -> dict:
+    """The receptive-field crop canvas: size, grey-level spread, caption."""
+    return page.evaluate("""() => { const c = document.querySelector('.crop-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0, s2 = 0, n = 0;
+        for (let i = 0; i < d.length; i += 4) { const v = (d[i] + d[i + 1] + d[i + 2]) / 3; s += v; s2 += v * v; n += 1; }
+        return { w: c.width, h: c.height, std: Math.sqrt(Math.max(0, s2 / n - (s / n) ** 2)),
+                 caption: document.querySelector('.crop-caption').textContent }; }""")
+
+
+def _slide(page, testid: str, value: float) -> None:
+    """Move a range slider as a person would (its value, then an input event)."""
+    page.evaluate("""([t, v]) => { const el = document.querySelector(`[data-testid=${t}]`);
+        el.value = String(v); el.dispatchEvent(new Event('input', { bubbles: true })); }""", [testid, value])
+
+
+def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page, tmp_path):
     page.goto(server + "/")
     page.wait_for_selector("[data-testid=sample] img")
     # One Tab stop for the sample strip: arrows move inside it.
@@ -523,9 +581,43 @@ def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page):
         page.click("[data-testid=download-projection]")
     name = dl.value.suggested_filename
     assert name.startswith(f"zfnet-imagenette_{image[:12]}_conv2_unit3_deconv-point") and name.endswith("_projection.png"), name
-    # The receptive-field crop of the point seed's projection.
+    # The feature map's colour bar: its own min..max, the layer summary's numbers for unit 3.
+    s3 = next(x for x in httpx.get(f"{server}/api/images/{image}/layers/conv2").json()["units"] if x["unit"] == 3)
+    page.wait_for_selector("[data-testid=map-legend]:not([hidden])")
+    assert page.inner_text("[data-testid=map-legend] .legend-lo") == _fmt(s3["min"])
+    assert page.inner_text("[data-testid=map-legend] .legend-hi") == _fmt(s3["max"])
+    assert page.inner_text("[data-testid=units-legend] .legend-lo") == f"unit 3: {_fmt(s3['min'])}"
+    assert f"min {_fmt(s3['min'])}, max {_fmt(s3['max'])}" in page.get_attribute("[data-testid=unit][data-unit='3']", "title")
+    name, png = _download(page, "[data-testid=download-map]", tmp_path)
+    assert name == f"zfnet-imagenette_{image[:12]}_conv2_unit3_map.png" and png.size == (224, 224)
+
+    # The receptive-field crop of the point seed's projection: zoom enlarges it, contrast stretches it.
     page.wait_for_selector("[data-testid=projection-crop]:not([hidden])")
     assert "Receptive field" in page.inner_text("[data-testid=projection-crop]")
+    zoom2 = _crop(page)
+    _slide(page, "crop-zoom", 4)
+    zoom4 = _crop(page)
+    assert zoom4["w"] > zoom2["w"] and zoom4["h"] > zoom2["h"] and zoom4["caption"] != zoom2["caption"]
+    _slide(page, "crop-contrast", 4)
+    stretched = _crop(page)
+    assert stretched["w"] == zoom4["w"] and stretched["std"] > zoom4["std"], (zoom4, stretched)
+    assert "contrast 4×" in stretched["caption"]
+    name, png = _download(page, "[data-testid=download-crop]", tmp_path)
+    assert name == f"zfnet-imagenette_{image[:12]}_conv2_unit3_deconv-point_projection-crop.png"
+    assert png.size == (stretched["w"], stretched["h"])
+
+    # The top-9 (both 3x3 grids) and the evolution strip (the fixture's two snapshots) as PNGs.
+    name, png = _download(page, "[data-testid=download-topk]", tmp_path)
+    assert name == "zfnet-imagenette_conv2_unit3_deconv-point_top9.png" and png.size == (6 * 96 + 8, 3 * 96)
+    _not_blank(tmp_path / name)
+    evo = httpx.get(f"{server}/api/layers/conv2/units/3/evolution").json()
+    page.wait_for_function("n => { const i = [...document.querySelectorAll('[data-testid=evolution-snapshot] img')];"
+                           " return i.length === n && i.every(x => x.complete && x.naturalWidth > 0); }",
+                           arg=len(evo["snapshots"]))
+    name, png = _download(page, "[data-testid=download-evolution]", tmp_path)
+    assert name == f"zfnet-imagenette_conv2_unit3_deconv-point_n{evo['images']}_evolution.png"
+    assert png.size == (96 * len(evo["snapshots"]), 96 + 18)
+    _not_blank(tmp_path / name)
 
     # The feature map takes arrow keys: a position from the keyboard.
     page.focus(".map-stack")
@@ -537,9 +629,17 @@ def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page):
     page.wait_for_function("() => window.deconvlab.state().layer === 'conv3'")
     assert _state(page)["unit"] == 3
     assert page.evaluate("document.activeElement.dataset.layer") == "conv3"
-    # Esc closes a panel and returns focus to its button.
+    # Esc closes a panel and returns focus to its button. The filters panel: each filter's norm
+    # and the dead count, as the API gives them.
     page.click("[data-testid=open-filters]")
     page.wait_for_selector("[data-testid=filters]:not([hidden])")
+    fs = httpx.get(f"{server}/api/layers/conv1/filters").json()
+    page.wait_for_function("n => document.querySelectorAll('[data-testid=filter-stat]').length === n", arg=len(fs["filters"]))
+    shown = page.locator("[data-testid=filter-stat]").all_inner_texts()
+    assert shown == [f"#{f['unit']} {_fmt(f['norm'])}{' dead' if f['dead'] else ''}" for f in fs["filters"]]
+    assert f"{fs['dead']} dead (dead: {fs['rule']}" in page.inner_text("[data-testid=filters-summary]")
+    name, png = _download(page, "[data-testid=download-filters]", tmp_path)
+    assert name == "zfnet-imagenette_conv1_filters.png" and png.size[0] > 0
     page.keyboard.press("Escape")
     page.wait_for_selector("[data-testid=filters]", state="hidden")
     assert page.evaluate("document.activeElement.dataset.testid") == "open-filters"
@@ -574,6 +674,40 @@ def test_zfnet_units_legends_downloads_keyboard_and_missing_image(server, page):
     page.wait_for_selector("[data-testid=input-status].error")
     text = page.inner_text("[data-testid=input-status]")
     assert "not on this server" in text and "choose the picture again" in text
+
+
+def test_a_click_is_answered_while_a_long_occlusion_runs(server, page, tmp_path):
+    """Interactive requests go ahead of long jobs: with a 16 px, stride 4 occlusion running (2809
+    forward passes on the 224 px ZFNet, 22 batches), a unit's projection comes back before the
+    occlusion does. Checked by the order the two answers reach the page, not by their times."""
+    from conftest import make_sample_image
+
+    path = tmp_path / "fresh.png"  # an image no earlier test ran an occlusion on (stored results answer at once)
+    make_sample_image(230, 210, seed=1414).save(path)
+    page.goto(server + "/")
+    page.wait_for_selector("[data-testid=layer-tab]")
+    page.set_input_files("[data-testid=file-input]", str(path))
+    page.wait_for_selector("[data-testid=prediction]")
+    page.click("[data-testid=layer-tab][data-layer=conv2]")
+    page.wait_for_selector("[data-testid=unit][data-unit='4']")
+    page.evaluate("""() => { const order = window.__order = [];
+        window.deconvlab.onChange((s) => {
+          if (s.unit === 4 && s.projection.status === 'ok' && !order.includes('projection')) order.push('projection');
+          if (s.occlusion.status === 'ok' && !order.includes('occlusion')) order.push('occlusion');
+        }); }""")
+
+    page.click("[data-testid=open-occlusion]")
+    page.select_option("[data-testid=occ-size]", "16")
+    page.select_option("[data-testid=occ-stride]", "4")
+    page.click("[data-testid=occ-run]")
+    page.wait_for_selector("[data-testid=occlusion-progress]:not([hidden])")
+    page.wait_for_function("() => window.deconvlab.state().occlusion.status === 'loading'")
+    page.wait_for_timeout(1000)  # not a threshold: only so the POST is surely on the server's worker first
+    page.keyboard.press("Escape")  # the panel closes; the occlusion goes on
+    page.click("[data-testid=unit][data-unit='4']")
+    page.wait_for_function("() => window.__order.length === 2", timeout=180_000)
+    assert page.evaluate("window.__order") == ["projection", "occlusion"]
+    _wait_img(page, ".projection-img")
 
 
 def _axe(page, label: str) -> list[str]:

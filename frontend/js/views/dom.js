@@ -98,6 +98,18 @@ export function img(src, alt, attrs = {}) {
   return el;
 }
 
+/** Save a canvas as a PNG file named `name` (a download, as the links above, but drawn here). */
+export function saveCanvas(canvas, name) {
+  canvas.toBlob((blob) => {
+    if (!blob) return;
+    const a = h('a', { href: URL.createObjectURL(blob), download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  });
+}
+
 /** A download link for an object URL (or hide it): `<a download=name href=url>`. */
 export function setDownload(a, url, name) {
   if (!url) { a.hidden = true; a.removeAttribute('href'); return; }

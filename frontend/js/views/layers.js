@@ -16,6 +16,7 @@ export function createLayersView(root = document) {
   const legend = $('[data-testid="units-legend"]', root);
   const legendLo = $('.legend-lo', legend);
   const legendHi = $('.legend-hi', legend);
+  const legendWhat = $('.legend-what', legend);
   let handlers = null;
   let cells = new Map(); // unit -> {el, img}
   let selected = null;
@@ -118,15 +119,20 @@ export function createLayersView(root = document) {
       summary.textContent = ld.status === 'ok'
         ? `${units.length} ${isFc ? 'units' : 'feature maps'} · strongest: unit ${best} (max ${fmt(hi)})`
         : '';
+      // The colour bar's numbers: fc cells share the layer's 0..max; a thumbnail is drawn on its own
+      // min..max (the API's per-unit min and max), so the bar names the chosen (else strongest) unit's.
       legend.hidden = ld.status !== 'ok';
-      legendLo.textContent = isFc ? fmt(Math.min(0, lo)) : 'its minimum';
-      legendHi.textContent = isFc ? fmt(hi) : 'its maximum';
+      const shown = units.find((u) => u.unit === (state.unit ?? best));
+      legendLo.textContent = isFc ? fmt(Math.min(0, lo)) : shown ? `unit ${shown.unit}: ${fmt(shown.min)}` : '';
+      legendHi.textContent = isFc ? fmt(hi) : shown ? fmt(shown.max) : '';
+      legendWhat.textContent = isFc ? 'colour: viridis on the layer\'s 0..max'
+        : 'colour: viridis, each thumbnail on its own min..max (hover a cell for its numbers)';
       grid.classList.toggle('fc', isFc);
       const built = rebuild(grid, `${ld.key}|${ld.status}|${state.sort}`, () => {
         if (observer) { observer.disconnect(); onScreen.clear(); }
         cells = new Map();
         return ordered.map((u) => {
-          const label = `unit ${u.unit}: max ${fmt(u.max)}, mean ${fmt(u.mean)}${u.unit === best ? ' (strongest)' : ''}`;
+          const label = `unit ${u.unit}: ${isFc ? '' : `min ${fmt(u.min)}, `}max ${fmt(u.max)}, mean ${fmt(u.mean)}${u.unit === best ? ' (strongest)' : ''}`;
           const el = h('button', {
             type: 'button', role: 'option', class: `unit${u.unit === best ? ' strongest' : ''}`,
             dataset: { testid: 'unit', unit: u.unit }, title: label, 'aria-label': label,

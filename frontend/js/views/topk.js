@@ -4,7 +4,7 @@
 // saves both 3x3 grids side by side as one PNG.
 import { TOP_K } from '../config.js';
 import { figureFileName } from '../files.js';
-import { $, fmt, h, img, rebuild, showStatus } from './dom.js';
+import { $, fmt, h, img, rebuild, saveCanvas, showStatus } from './dom.js';
 
 const CELL = 96; // px of one cell in the downloaded figure
 
@@ -32,12 +32,7 @@ export function createTopkView(root = document) {
     });
     put(left, 0);
     put(right, 3 * CELL + gap);
-    canvas.toBlob((blob) => {
-      if (!blob) return;
-      const a = h('a', { href: URL.createObjectURL(blob), download: fileName });
-      document.body.append(a); a.click(); a.remove();
-      setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-    });
+    saveCanvas(canvas, fileName);
   }
 
   return {

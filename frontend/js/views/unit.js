@@ -3,7 +3,7 @@
 import { METHODS, SEEDS } from '../config.js';
 import { figureFileName } from '../files.js';
 import { boxToPercent, pixelToCell } from '../state.js';
-import { $, fmt, h, placeBox, setDownload, setSrc, showStatus } from './dom.js';
+import { $, fmt, h, placeBox, saveCanvas, setDownload, setSrc, showStatus } from './dom.js';
 
 /** "row 3, column 0": feature-map positions in words (the API's [y, x]). */
 export const rowCol = (p) => `row ${p[0]}, column ${p[1]}`;
@@ -27,6 +27,9 @@ export function createUnitView(root = document) {
   const markStrong = $('[data-testid="map-strongest"]', root);
   const markChosen = $('[data-testid="map-chosen"]', root);
   const mapStack = $('.map-stack', root);
+  const mapLegend = $('[data-testid="map-legend"]', root);
+  const mapLo = $('.legend-lo', mapLegend);
+  const mapHi = $('.legend-hi', mapLegend);
   const explainMethod = $('.explain-method', root);
   const explainSeed = $('.explain-seed', root);
   const dlProjection = $('[data-testid="download-projection"]', root);
@@ -72,15 +75,7 @@ export function createUnitView(root = document) {
     cropCaption.textContent = `Receptive field rows ${t}–${b - 1}, columns ${l}–${r - 1} of the input (${r - l}×${b - t} px), ${scale}× · contrast ${contrast}×`;
     cropCanvas.setAttribute('aria-label', `The projection cropped to the receptive field, ${r - l}×${b - t} input pixels`);
     dlCrop.hidden = false;
-    dlCrop.onclick = (e) => { e.preventDefault(); cropCanvas.toBlob((blob) => blob && saveBlob(blob, cropName)); };
-  }
-
-  function saveBlob(blob, name) {
-    const a = h('a', { href: URL.createObjectURL(blob), download: name });
-    document.body.append(a);
-    a.click();
-    a.remove();
-    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+    dlCrop.onclick = (e) => { e.preventDefault(); saveCanvas(cropCanvas, cropName); };
   }
 
   function mark(el, pos) {
@@ -181,6 +176,14 @@ export function createUnitView(root = document) {
       showStatus(mapStatus, um, { loading: 'Loading the feature map…' });
     }
     mapCaption.textContent = mapShape ? `Feature map ${mapShape[0]}×${mapShape[1]}: click a position` : 'Feature map';
+    // Its colour bar: viridis from the map's min to its max (the layer summary's numbers for this unit).
+    const ld = state.layerData;
+    const stats = has && !isFc && ld.status === 'ok' && ld.data.layer === state.layer
+      ? ld.data.units.find((x) => x.unit === state.unit) : null;
+    mapLegend.hidden = !(stats && map.getAttribute('src') && !map.hidden);
+    mapLo.textContent = stats ? fmt(stats.min) : '';
+    mapHi.textContent = stats ? fmt(stats.max) : '';
+    mapLegend.title = stats ? `colour: viridis from the map's minimum ${fmt(stats.min)} to its maximum ${fmt(stats.max)}` : '';
     const showMarks = !!(map.getAttribute('src') && !map.hidden);
     mark(markStrong, showMarks && fresh ? u.data.position : null);
     mark(markChosen, showMarks && state.seed === 'point' ? state.position : null);
