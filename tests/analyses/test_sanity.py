@@ -264,3 +264,12 @@ def test_edge_map_is_the_sobel_magnitude_of_the_un_normalised_luminance():
     e = sanity.edge_map(x, mean, std)
     np.testing.assert_allclose(e, sanity.edge_map(raw, (0, 0, 0), (1, 1, 1)), atol=1e-12)
     assert set(np.flatnonzero(e[6] > 1e-9)) == {5, 6}  # only beside the step
+
+
+def test_several_methods_at_once_equal_one_at_a_time(zf, x112):
+    both = sanity.randomization_methods(zf, x112, "conv4", 2, ("guided", "backprop"), mode="independent", seed=4)
+    for method in ("guided", "backprop"):
+        one = sanity.randomization(zf, x112, "conv4", 2, method, mode="independent", seed=4)
+        assert both[method].to_dict() == one.to_dict()
+        for a, b in zip(both[method].steps, one.steps):
+            np.testing.assert_array_equal(a.projection, b.projection)

@@ -358,6 +358,7 @@ class _Randomiser:
     """Re-initialises and restores named modules of a private ``Net`` in place."""
 
     def __init__(self, rnet, seed: int, init=None):
+        self.net = rnet
         self.modules = _modules_of(rnet)
         self.seed, self.arch = seed, str(rnet.meta.arch)
         self.init = init
@@ -408,12 +409,14 @@ def _seed(net, rec, layer: str, unit: int, position):
     return net.seed_box(rec, layer, int(unit), position)
 
 
-def _project(net, x, layer, unit, method, position) -> tuple[np.ndarray, float]:
+def _project(net, x, layer, unit, methods, position) -> tuple[dict[str, np.ndarray], float]:
+    """One forward pass, then each method's projection from it: ``({method: CxHxW}, seed value)``."""
     rec = net.forward(x)
     a = net.activation(rec, layer)[0, unit]
     value = float(a if position is None else a[position])
-    p = net.project(rec, layer, unit, method=method, position=position)
-    return p.detach().float().cpu().numpy(), value
+    out = {m: net.project(rec, layer, unit, method=m, position=position).detach().float().cpu().numpy()
+           for m in methods}
+    return out, value
 
 
 def _step(randomized, p, p0, edges, box, value) -> SanityStep:
@@ -434,27 +437,39 @@ def randomization(net, x: torch.Tensor, layer: str, unit: int, method: str = "de
     ``progress``: called ``(done, total)`` after each model. Returns a ``SanityResult`` whose
     first step is the trained model (``randomized == []``).
     """
-    _check(method, mode, seed)
+    return randomization_methods(net, x, layer, unit, (method,), mode, seed, position, init, progress)[method]
+
+
+def randomization_methods(net, x: torch.Tensor, layer: str, unit: int, methods=METHODS,
+                          mode: str = "cascading", seed: int = 0, position: tuple[int, int] | None = None,
+                          init: Callable | None = None, progress: Callable | None = None) -> dict[str, SanityResult]:
+    """``randomization`` for several methods at once, sharing each model's forward pass:
+    ``{method: SanityResult}``."""
+    methods = tuple(methods)
+    for m in methods:
+        _check(m, mode, seed)
+    if not methods:
+        raise ValueError("methods: expected at least one of ['deconv', 'guided', 'backprop'], got none")
     x = x.unsqueeze(0) if x.dim() == 3 else x
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x: expected one image, 1xCxHxW, got shape {tuple(x.shape)}")
-    rec = net.forward(x)
-    position, box = _seed(net, rec, layer, unit, position)
-    p0, v0 = _project(net, x, layer, unit, method, position)
+    position, box = _seed(net, net.forward(x), layer, unit, position)
+    box = tuple(int(v) for v in box)
+    p0, v0 = _project(net, x, layer, unit, methods, position)
     edges = edge_map(x, net.meta.mean, net.meta.std)
     schedule = steps_of(randomizable_layers(net, layer), mode)
-    steps = [_step([], p0, p0, edges, box, v0)]
+    steps = {m: [_step([], p0[m], p0[m], edges, box, v0)] for m in methods}
     if progress is not None:
         progress(1, len(schedule) + 1)
-    rnet = _private_net(net)
-    rand = _Randomiser(rnet, int(seed), init)
+    rand = _Randomiser(_private_net(net), int(seed), init)
     for k, names in enumerate(schedule):
         rand.set(names)
-        p, v = _project(rnet, x, layer, unit, method, position)
-        steps.append(_step(names, p, p0, edges, box, v))
+        p, v = _project(rand.net, x, layer, unit, methods, position)
+        for m in methods:
+            steps[m].append(_step(names, p[m], p0[m], edges, box, v))
         if progress is not None:
             progress(k + 2, len(schedule) + 1)
-    return SanityResult(layer, int(unit), method, mode, int(seed), position, tuple(int(v) for v in box), steps)
+    return {m: SanityResult(layer, int(unit), m, mode, int(seed), position, box, steps[m]) for m in methods}
 
 
 def randomized_projection(net, x: torch.Tensor, layer: str, unit: int, method: str, randomize: list[str],
@@ -468,4 +483,5 @@ def randomized_projection(net, x: torch.Tensor, layer: str, unit: int, method: s
     position, _ = _seed(net, net.forward(x), layer, unit, position)
     rnet = _private_net(net)
     _Randomiser(rnet, int(seed), init).set(list(randomize))
-    return _project(rnet, x, layer, unit, method, position)
+    p, value = _project(rnet, x, layer, unit, (method,), position)
+    return p[method], value
