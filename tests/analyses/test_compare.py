@@ -226,3 +226,72 @@ def test_graph_net_default_layers_identity_and_cka(resnet):
     c = compare.cka(resnet, resnet, x, ["layer1.0", "layer3.1", "fc"], ["layer1.0", "layer3.1", "fc"])
     np.testing.assert_allclose(np.diag(c.matrix), 1.0, atol=1e-9)
     assert ((c.matrix > 0) & (c.matrix <= 1 + 1e-9)).all()
+
+
+# ------------------------------------------------------------------ the command
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory, base, perm):
+    """A models folder: ``zf`` (snapshots at epochs 1 and 2: epoch 2 permuted) and ``zf-perm``; a data set."""
+    import json
+
+    from conftest import make_sample_image
+    from deconvlab.nets import save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("compare-cli")
+    meta = zf_net(base).meta
+    save_checkpoint(tmp / "models" / "zf" / "model.safetensors", base, meta)
+    save_checkpoint(tmp / "models" / "zf" / "snapshots" / "epoch-001.safetensors", base, meta)
+    save_checkpoint(tmp / "models" / "zf" / "snapshots" / "epoch-002.safetensors", permuted(base, perm), meta)
+    save_checkpoint(tmp / "models" / "zf-perm" / "model.safetensors", permuted(base, perm), meta)
+    (tmp / "models" / "registry.json").write_text(json.dumps({"default": "zf", "models": {
+        "zf": {"checkpoint": "zf/model.safetensors", "snapshots": "zf/snapshots"},
+        "zf-perm": {"checkpoint": "zf-perm/model.safetensors"}}}))
+    for i in range(8):
+        d = tmp / "data" / "val" / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        make_sample_image(100, 90, seed=i).save(d / f"{i}.png")
+    return tmp
+
+
+def test_command_writes_the_heat_map_and_the_table_and_caches(registry, perm, monkeypatch, capsys):
+    import json
+
+    from deconvlab.cli.main import main
+
+    monkeypatch.setenv("DECONVLAB_MODELS", str(registry / "models"))
+    out, cache = registry / "out", registry / "cache"
+    argv = ["compare", "--model", "zf", "--epoch", "1", "--other", "zf", "--other-epoch", "2", "--data",
+            str(registry / "data"), "--n", "0", "--layers", "conv1", "conv3", "fc7", "--match", "conv3", "conv5:fc6",
+            "--cache", str(cache), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    numbers = json.loads((out / "compare.json").read_text())
+    assert (out / "compare.png").stat().st_size > 1000
+    assert numbers["n"] == 8 and numbers["cka"]["layers_a"] == ["conv1", "conv3", "fc7"]
+    cols = numbers["cka"]["layers_b"]
+    assert cols == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]  # the default
+    m = np.array(numbers["cka"]["cka"], dtype=float)
+    np.testing.assert_allclose([m[i, cols.index(L)] for i, L in enumerate(["conv1", "conv3", "fc7"])], 1.0, atol=1e-5)
+    conv3, mixed = numbers["matches"]
+    assert (conv3["layer"], conv3["by"], mixed["other_layer"], mixed["by"]) == ("conv3", "position", "fc6", "max")
+    inverse = torch.argsort(perm).tolist()
+    rows = [u for u in conv3["units"] if u["best"] is not None]
+    assert len(rows) > 0.8 * len(conv3["units"])
+    assert all(u["best"] == u["one_to_one"] == inverse[u["unit"]] for u in rows)
+    assert all(u["correlation"] == pytest.approx(1, abs=1e-5) for u in rows)
+    files = sorted(cache.glob("*.npz"))
+    assert len(files) == 3  # the CKA matrix and two correlation matrices
+    from deconvlab.analyses import compare as lib
+
+    def refuse(*a, **k):
+        raise AssertionError("recomputed a cached matrix")
+
+    monkeypatch.setattr(lib, "correlations", refuse)
+    monkeypatch.setattr(lib, "cka", refuse)
+    capsys.readouterr()
+    assert main(argv) == 0 and sorted(cache.glob("*.npz")) == files
+    assert json.loads((out / "compare.json").read_text()) == numbers
+    assert main(argv + ["--match", "conv1:conv5", "--by", "position"]) == 2
+    assert "by=position: expected two maps of the same height and width" in capsys.readouterr().err
+    assert main(["compare", "--model", "zf", "--epoch", "9", "--data", str(registry / "data")]) == 2
+    assert "epoch: expected one of [1, 2]" in capsys.readouterr().err

@@ -133,3 +133,30 @@ def test_bad_k_and_layer(tiny):
             region.rank_units(net, rec, "relu2", (0, 0, 5, 5), k=k)
     with pytest.raises(KeyError, match="unknown layer"):
         region.rank_units(net, rec, "conv9", (0, 0, 5, 5))
+
+
+def test_region_command(tmp_path, capsys):
+    import json
+
+    from conftest import make_sample_image
+    from deconvlab.cli.main import main
+    from deconvlab.nets import save_checkpoint
+
+    cfg = ZFNetConfig(num_classes=4, width=0.125, fc_size=16, norm="none", input_size=96)
+    meta = ModelMeta(arch="zfnet", config=cfg.to_dict(), classes=list("abcd"), input_size=96, name="zf")
+    module = he_init(zfnet(cfg), 0).eval()
+    ckpt = save_checkpoint(tmp_path / "m" / "model.safetensors", module, meta)
+    make_sample_image(120, 100, seed=3).save(tmp_path / "x.png")
+    argv = ["region", "--model", str(ckpt), "--image", str(tmp_path / "x.png"), "--layer", "conv3", "--box",
+            "20", "10", "60", "50", "--k", "4", "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    got = json.loads((tmp_path / "out" / "region.json").read_text())
+    net = Net(module, meta)
+    from PIL import Image
+
+    rec = net.forward(net.preprocess(Image.open(tmp_path / "x.png")))
+    want = region.rank_units(net, rec, "conv3", (20, 10, 60, 50), k=4).to_dict()
+    assert [u["unit"] for u in got["units"]] == [u["unit"] for u in want["units"]] and got["box"] == [20, 10, 60, 50]
+    assert (tmp_path / "out" / "region.png").stat().st_size > 500
+    assert main(argv[:7] + ["--box", "0", "0", "0", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert "box: expected 0 <= top < bottom <= 96" in capsys.readouterr().err

@@ -413,3 +413,34 @@ def compare_key(net_a, net_b, images, *parts) -> str:
     for p in (model_sha256(net_a), model_sha256(net_b), images_key(images), *parts):
         h.update(f"{p!r}|".encode())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ figure
+
+def cka_figure(result: CKA, name_a: str = "A", name_b: str = "B"):
+    """The CKA matrix as a matplotlib heat map (viridis on 0..1; rows ``layers_a``, columns ``layers_b``,
+    each cell written in), for ``analyses.report.write_report``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    m = np.asarray(result.matrix, dtype=np.float64)
+    rows, cols = m.shape
+    fig = Figure(figsize=(1.6 + 0.55 * cols, 1.2 + 0.45 * rows))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(m), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(cols), result.layers_b, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(rows), result.layers_a, fontsize=7)
+    ax.set_xlabel(name_b, fontsize=8)
+    ax.set_ylabel(name_a, fontsize=8)
+    if rows * cols <= 400:
+        for i in range(rows):
+            for j in range(cols):
+                if not np.isnan(m[i, j]):
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=5,
+                            color="black" if m[i, j] > 0.6 else "white")
+    ax.set_title(f"linear CKA over {result.images} images", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return fig

@@ -48,7 +48,9 @@ def check_box(box: Sequence, size: tuple[int, int]) -> tuple[int, int, int, int]
     H, W = size
     if not isinstance(box, (list, tuple)) or len(box) != 4 or any(
             isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in box):
-        raise ValueError(f"box: expected four integers [top, left, bottom, right], got {box!r}")
+        text = repr(box)
+        raise ValueError(f"box: expected four integers [top, left, bottom, right], got "
+                         f"{text if len(text) <= 80 else text[:79] + '…'}")
     t, l, b, r = (int(v) for v in box)
     if not (0 <= t < b <= H and 0 <= l < r <= W):
         raise ValueError(f"box: expected 0 <= top < bottom <= {H} and 0 <= left < right <= {W} (a non-empty box "

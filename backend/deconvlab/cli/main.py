@@ -10,6 +10,8 @@ module              subcommands
 ``cli.index``       ``index``
 ``cli.analyses``    ``filters``, ``evolution``, ``invariance``, ``correspondence``,
                     ``ablation``, ``transfer``
+``cli.faithfulness``  ``faithfulness``
+``cli.compare``     ``compare``, ``region``
 ``cli.register``    ``register``
 ``cli.serve``       ``serve``
 ==================  =====================================================================
@@ -29,7 +31,8 @@ import os
 import sys
 
 from .. import __version__
-from . import analyses, index, register, serve, training
+from . import analyses, compare, index, register, serve, training
+from .faithfulness import FAITHFULNESS
 from .options import Command
 
 COMMANDS: dict[str, Command] = {
@@ -43,6 +46,8 @@ COMMANDS: dict[str, Command] = {
     "correspondence": analyses.CORRESPONDENCE,
     "ablation": analyses.ABLATION,
     "transfer": analyses.TRANSFER,
+    "faithfulness": FAITHFULNESS,
+    "compare": compare.COMPARE, "region": compare.REGION,
     "register": register.REGISTER,
     "serve": serve.SERVE,
 }
