@@ -57,6 +57,13 @@ def _get(c, image_id, layer="conv3", unit=4, **params):
     return r
 
 
+def small_net_input(checkpoint, body: bytes):
+    from deconvlab.net import Net
+    from deconvlab.nets import load_checkpoint
+
+    return Net(*load_checkpoint(checkpoint)).preprocess(Image.open(io.BytesIO(body)))
+
+
 def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
@@ -67,9 +74,14 @@ def test_report_embeds_what_the_other_routes_answer(world, small_checkpoint):
     from deconvlab.nets import load_checkpoint
 
     c, image_id, body = world
-    r = _get(c, image_id, method="guided", y=5, x=7)
+    rec = Net(*load_checkpoint(small_checkpoint)).forward(small_net_input(small_checkpoint, body))
+    act = rec.activations["conv3"][0]
+    unit = int(act.amax(dim=(1, 2)).argmax())  # a unit that fires, at a place not its strongest
+    y, x = divmod(int(act[unit].flatten().argsort(descending=True)[1]), act.shape[-1])
+    assert act[unit, y, x] > 0
+    r = _get(c, image_id, unit=unit, method="guided", y=y, x=x)
     text = r.text
-    assert r.headers["content-disposition"] == 'inline; filename="zfnet-imagenette-conv3-4.html"'
+    assert r.headers["content-disposition"] == f'inline; filename="zfnet-imagenette-conv3-{unit}.html"'
     # self-contained: every src is a data: URI, no URL to fetch anywhere in the page
     assert re.findall(r'src="([a-z]+):', text) and set(re.findall(r'src="([a-z]+):', text)) == {"data"}
     assert "http://" not in text and "https://" not in text and "<link" not in text
@@ -78,19 +90,20 @@ def test_report_embeds_what_the_other_routes_answer(world, small_checkpoint):
     assert prov["model"]["weights_sha256"] == model_sha256(Net(*load_checkpoint(small_checkpoint)))
     assert prov["image"]["sha256"] == hashlib.sha256(body).hexdigest() and prov["image"]["sha256"].startswith(image_id)
     assert (prov["layer"], prov["unit"], prov["method"], prov["seed"], prov["position"]) == \
-        ("conv3", 4, "guided", "point", [5, 7])
+        ("conv3", unit, "guided", "point", [y, x])
     assert rep["sections"] == {"input": "present", "projections": "present", "feature-map": "present",
                                "top": "present", "evolution": "absent", "occlusion": "absent", "sanity": "absent",
                                "provenance": "present"}
     want_input = c.get(f"/api/images/{image_id}/input.png").content
     np.testing.assert_array_equal(_pixels(rep["figures"]["input"]["png"]), _pixels(want_input))
-    base = f"/api/images/{image_id}/layers/conv3/units/4"
+    base = f"/api/images/{image_id}/layers/conv3/units/{unit}"
     for method in ("deconv", "guided", "backprop"):
-        want = c.get(f"{base}/projection", params={"method": method, "y": 5, "x": 7})
+        want = c.get(f"{base}/projection", params={"method": method, "y": y, "x": x})
+        assert _pixels(want.content).std() > 0  # not flat grey
         np.testing.assert_array_equal(_pixels(rep["figures"][f"projection-{method}"]["png"]), _pixels(want.content))
         assert rep["figures"][f"projection-{method}"]["alt"]
     assert prov["box"] == [int(v) for v in want.headers["x-receptive-field"].split(",")]
-    top = c.get("/api/layers/conv3/units/4/top").json()["entries"]
+    top = c.get(f"/api/layers/conv3/units/{unit}/top").json()["entries"]
     for e in top:
         f = rep["figures"][f"top-patch-{e['rank']}"]
         np.testing.assert_array_equal(_pixels(f["png"]), _pixels(c.get(e["patch_url"]).content))
@@ -151,12 +164,14 @@ def test_errors_are_the_projection_routes(world):
 
 def test_sanity_strip_appears_once_computed(world):
     c, image_id, _ = world
-    rep = read_report(_get(c, image_id, layer="conv2", unit=6, method="guided").text)
+    units = c.get(f"/api/images/{image_id}/layers/conv2").json()["units"]
+    unit = max(units, key=lambda u: u["max"])["unit"]  # one that fires
+    rep = read_report(_get(c, image_id, layer="conv2", unit=unit, method="guided").text)
     assert rep["sections"]["sanity"] == "absent" and "/sanity runs one" in rep["absent"]["sanity"]
-    got = c.get(f"/api/images/{image_id}/layers/conv2/units/6/sanity", params={"method": "guided"})
+    got = c.get(f"/api/images/{image_id}/layers/conv2/units/{unit}/sanity", params={"method": "guided"})
     assert got.status_code == 200, got.text
     steps = got.json()["steps"]
-    rep = read_report(_get(c, image_id, layer="conv2", unit=6, method="guided").text)
+    rep = read_report(_get(c, image_id, layer="conv2", unit=unit, method="guided").text)
     assert rep["sections"]["sanity"] == "present"
     figs = [k for k in rep["figures"] if k.startswith("sanity-")]
     assert figs == [f"sanity-{k}" for k in range(len(steps))] and len(steps) == 3  # trained, conv2, conv2+conv1
