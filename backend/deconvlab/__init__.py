@@ -32,6 +32,7 @@ _LAZY = {  # public name -> (module, attribute or None for the module itself)
     "sanity": ("deconvlab.analyses.sanity", None),
     "compare": ("deconvlab.analyses.compare", None),
     "region": ("deconvlab.analyses.region", None),
+    "faithfulness": ("deconvlab.analyses.faithfulness", None),
     "show": ("deconvlab.analyses.unit_report", "show"),
 }
 
