@@ -182,3 +182,32 @@ def test_errors_and_show(models_env, image_file):
         build_report(net, image_file, "conv5", 999)
     with pytest.raises(TypeError, match="image: expected a path, bytes or a PIL image"):
         build_report(net, 42, "conv5", 0)
+
+
+def test_cli_report(models_env, tiny_index, image_file, small_net, tmp_path, capsys):
+    import json
+
+    from deconvlab.cli.main import main
+    from deconvlab.index import model_sha256
+
+    idx, root = tiny_index
+    rec = small_net.forward(small_net.preprocess(Image.open(image_file)))
+    unit, _ = _firing(rec.activations["conv2"][0])
+    out = tmp_path / "unit.html"
+    argv = ["report", "--model", "zfnet-imagenette", "--image", str(image_file), "--layer", "conv2", "--unit",
+            str(unit), "--out", str(out), "--data", str(root), "--index", str(idx.path), "--occlusion",
+            "--occlusion-size", "112", "--occlusion-stride", "112", "--sanity", "--device", "cpu"]
+    assert main(argv) == 0
+    said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rep = read_report(out.read_text(encoding="utf-8"))
+    assert said["out"] == str(out) and said["bytes"] == out.stat().st_size
+    assert said["sections"] == rep["provenance"]["sections"]
+    assert said["weights_sha256"] == model_sha256(small_net)
+    assert said["image_sha256"] == hashlib.sha256(image_file.read_bytes()).hexdigest()
+    states = {k: v.split(":")[0] for k, v in said["sections"].items()}
+    assert states == {"input": "present", "projections": "present", "feature-map": "present", "top": "present",
+                      "evolution": "absent", "occlusion": "present", "sanity": "present"}
+    assert "--evolution-n" in rep["absent"]["evolution"]
+    text = out.read_text(encoding="utf-8")
+    assert f"tracking conv2:{unit}" in text and f"(not conv2:{unit})" not in text  # the unit's own map
+    assert main(argv[:-2] + ["--y", "3"]) == 2 and "expected both --y and --x" in capsys.readouterr().err

@@ -12,6 +12,7 @@ module              subcommands
                     ``ablation``, ``transfer``
 ``cli.faithfulness``  ``faithfulness``
 ``cli.compare``     ``compare``, ``region``
+``cli.report``      ``report``
 ``cli.register``    ``register``
 ``cli.serve``       ``serve``
 ==================  =====================================================================
@@ -31,7 +32,7 @@ import os
 import sys
 
 from .. import __version__
-from . import analyses, compare, index, register, serve, training
+from . import analyses, compare, index, register, report, serve, training
 from .faithfulness import FAITHFULNESS
 from .options import Command
 
@@ -48,6 +49,7 @@ COMMANDS: dict[str, Command] = {
     "transfer": analyses.TRANSFER,
     "faithfulness": FAITHFULNESS,
     "compare": compare.COMPARE, "region": compare.REGION,
+    "report": report.REPORT,
     "register": register.REGISTER,
     "serve": serve.SERVE,
 }
