@@ -76,6 +76,10 @@ that imputed grid (plus per-pixel noise): a coarse version of ROAD, exact for
 
 Errors: an unknown layer ``KeyError`` (``Net.check_layer``); a bad fill,
 method, order, mask or step count ``ValueError("... expected ..., got ...")``.
+
+(Over 500 lines: the imputation, the cell grid, the curves and the benchmark
+share one set of conventions, stated once above; the table and figure are
+written by ``cli.faithfulness``.)
 """
 
 from __future__ import annotations
@@ -494,8 +498,8 @@ def faithfulness(net, images: torch.Tensor, layers: Sequence[str] | None = None,
 def _keep(store: dict, curves: dict, clean: float) -> None:
     a = _aucs(curves, clean)
     ok = clean > 0
-    store["deletion"].append(round(a["auc_deletion"], 6) if ok else None)
-    store["insertion"].append(round(a["auc_insertion"], 6) if ok else None)
+    store["deletion"].append(round(a["auc_deletion"], 4) if ok else None)
+    store["insertion"].append(round(a["auc_insertion"], 4) if ok else None)
     if ok:
         store["curves"].append(np.stack([curves["deletion"], curves["insertion"]]) / clean)
 
