@@ -259,8 +259,18 @@ def test_command_writes_table_figure_and_json(tmp_path, small_checkpoint):
     assert res["meta"]["files"] == ["val/n01440764/a.png", "val/n02102040/a.png"]
     assert res["meta"]["command"].startswith("deconvlab faithfulness --model") and res["meta"]["wall_s"] > 0
     table = (out / "faithfulness.md").read_text()
-    assert "| fc8 | deconv |" in table and "## fill `constant`, insertion from `blur` (1 images)" in table
+    assert "| fc8 | deconv |" in table and "Spearman's rho" in table and "## fill `constant`, insertion from `blur` (1 images)" in table
     with Image.open(out / "faithfulness.png") as im:
         assert im.width > 400 and np.asarray(im.convert("L")).std() > 5
     assert main(["faithfulness", "--model", str(small_checkpoint), "--data", str(root), "--layers", "conv9",
                  "--out", str(out), "--no-progress"]) == 2
+
+
+def test_rank_agreement_of_deletion_and_insertion():
+    from deconvlab.cli.faithfulness import rank_agreement
+
+    def by(d, i):
+        return {k: {"deletion": {"mean": a}, "insertion": {"mean": b}} for k, (a, b) in enumerate(zip(d, i))}
+
+    assert rank_agreement(by([0.1, 0.2, 0.3, 0.4], [0.9, 0.8, 0.5, 0.4])) == pytest.approx(1.0)
+    assert rank_agreement(by([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.5, 0.6])) == pytest.approx(-1.0)

@@ -126,7 +126,20 @@ def faithfulness_table(res: dict) -> str:
                 lines.append(f"| {L} | {name} | {_ci(s['deletion'])} | {_ci(s['insertion'])} | "
                              f"{_ci(s['insertion_minus_deletion'])} | {_ci(dr) if dr else ''} | "
                              f"{_ci(ir) if ir else ''} | {s['deletion']['n']} |")
+        lines += ["", "Do deletion and insertion rank the orders alike (ROAD's consistency)? Spearman's rho "
+                  "between the orders' mean deletion AUC (ascending) and mean insertion AUC (descending): "
+                  + ", ".join(f"{L} {rank_agreement(by_name):+.2f}" for L, by_name in by_layer.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def rank_agreement(by_name: dict) -> float:
+    """Spearman's rho between the orders' ranks by mean deletion AUC (lower first) and by mean insertion
+    AUC (higher first); 1: the two curves agree on which order is most faithful, down the list."""
+    from scipy.stats import spearmanr
+
+    d = [-s["deletion"]["mean"] for s in by_name.values() if s["deletion"]["mean"] is not None]
+    i = [s["insertion"]["mean"] for s in by_name.values() if s["insertion"]["mean"] is not None]
+    return float(spearmanr(d, i).statistic) if len(d) == len(i) > 2 else float("nan")
 
 
 def faithfulness_figure(res: dict):
