@@ -150,6 +150,31 @@ _ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SE
                         nn.modules.batchnorm._BatchNorm)
 _NORM_ALL = (nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)  # mix every dim from 1 (2) on
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _aten_functions() -> dict:
+    """ATen overloads (what a ``torch.export`` program's graph is made of) -> the torch function whose
+    rule each shares: the same op with the same positional arguments (``aten.conv2d.default(x, w, b,
+    stride, padding, dilation, groups)`` is ``F.conv2d``'s; ``aten.max_pool2d.default``'s stride ``[]``
+    means the kernel, as ``None`` does). Overloads this torch lacks are skipped."""
+    aten, out = torch.ops.aten, {}
+    pairs = {"relu.default": F.relu, "relu_.default": F.relu, "relu6.default": F.relu6,
+             "hardtanh.default": F.hardtanh, "sigmoid.default": torch.sigmoid, "tanh.default": torch.tanh,
+             "dropout.default": F.dropout, "clone.default": torch.clone,
+             "add.Tensor": operator.add, "sub.Tensor": operator.sub, "mul.Tensor": operator.mul,
+             "conv2d.default": F.conv2d, "max_pool2d.default": F.max_pool2d, "avg_pool2d.default": F.avg_pool2d,
+             "adaptive_avg_pool2d.default": F.adaptive_avg_pool2d, "flatten.using_ints": torch.flatten,
+             "view.default": torch.reshape, "reshape.default": torch.reshape, "cat.default": torch.cat,
+             "mean.dim": torch.mean}
+    for name, fn in pairs.items():
+        packet, overload = name.split(".")
+        op = getattr(getattr(aten, packet, None), overload, None)
+        if op is not None:
+            out[op] = fn
+    return out
+
+
+_ATEN = _aten_functions()
 EXPECTED = ("a conv/pool/adaptive pool, an elementwise op, cat, split, a reshape/permute/slice, "
             "a reduction, softmax or norm, flatten/linear, or a module fx can trace into")
 
@@ -240,7 +265,7 @@ def _window(k, stride, padding, dilation, ceil, mode):
 
 
 def _function_window(n: fx.Node, shapes) -> tuple:
-    t = n.target
+    t = _ATEN.get(n.target, n.target)
     if t in _CONV:
         k = tuple(shapes[_arg(n, 1, "weight")][2:])
         return _window(k, _arg(n, 3, "stride", 1), _arg(n, 4, "padding", 0), _arg(n, 5, "dilation", 1),
@@ -337,7 +362,7 @@ class _Graph:
             return (self._kind(kind), self._info(n, kind)) if kind else ("unknown", f"method .{n.target}()")
         if n.op != "call_function":
             return "nodata", None
-        t = n.target
+        t = _ATEN.get(n.target, n.target)  # an exported program's ATen op: its torch function's rule
         table = [(_ELEMENTWISE, "elementwise"), (_FIRST_ARG, "first"), (_RESHAPE, "reshape"),
                  (_PERMUTE, "permute"), (_CAT, "cat"), (_SPLIT, "split"), (_REDUCE, "reduce"),
                  (_SOFTMAX, "softmax"), (_ADAPTIVE, "adaptive"), (_CONV | _MAXPOOL | _AVGPOOL, "window"),
