@@ -362,6 +362,11 @@ def test_keyboard_panels_drop_and_messages(server, page, tmp_path):
     for kind in ("activation", "probability", "top_class"):
         assert page.locator(f"[data-testid=occlusion-{kind}] canvas").count() == 1
     assert page.locator("[data-testid=occlusion-legend] li").count() >= 1
+    occ = page.evaluate("() => window.deconvlab.state().occlusion.data")
+    with page.expect_download() as dl:  # each map's PNG, named by model, image, layer, window and stride
+        page.click("[data-testid=download-occlusion-probability]")
+    assert dl.value.suggested_filename == \
+        f"{occ['model']}_{occ['image_id'][:12]}_{occ['layer']}_s64-32_occlusion-probability.png"
     page.locator("[data-testid=occlusion]").screenshot(path=str(tmp_path / "occlusion.png"))
     _not_blank(tmp_path / "occlusion.png")
     page.keyboard.press("Escape")
