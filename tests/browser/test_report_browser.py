@@ -127,3 +127,24 @@ def test_report_accessibility_axe(server, browser, tmp_path):
         assert not found, "serious or critical axe violations:\n" + "\n".join(found)
     finally:
         ctx.close()
+
+
+def test_evolution_strip_once_scanned(server, browser, tmp_path):
+    evo = httpx.get(f"{server}/api/layers/conv2/units/1/evolution", params={"n": 12}, timeout=300)
+    if evo.status_code == 404:
+        pytest.skip("this server's default model has no training snapshots")
+    assert evo.status_code == 200, evo.text
+    snapshots = evo.json()["snapshots"]
+    file, _ = _report(server, tmp_path, None, "conv2", 1, "evolution.html")
+    ctx, page, seen = _open_offline(browser, file)
+    try:
+        got = _check_page(page, file)
+        assert seen == [file.as_uri()]
+        assert dict((s[0], s[1]) for s in got["sections"])["evolution"] == "present"
+        cells = page.evaluate("() => [...document.querySelectorAll('[data-section=evolution] img')].map(i => i.alt)")
+        assert len(cells) == len(snapshots)
+        for alt, s in zip(cells, snapshots):  # the route's numbers, cell by cell
+            assert alt.startswith(f"epoch {s['epoch']}:") and f"{s['value']:.4g}" in alt
+            assert f"data-set image {s['image_index']}" in alt
+    finally:
+        ctx.close()
