@@ -167,7 +167,7 @@ def test_html_self_contained_accessible_and_escaped(small_net, image_file, tmp_p
     assert sheet.width > 5 * 224 and sheet.height > 224
     assert Image.open(io.BytesIO(r["projection-guided"]._repr_png_())).size == (224, 224)
     out = r.save(tmp_path / "sub" / "unit.html")
-    assert out.read_text(encoding="utf-8") == text or read_report(out.read_text())["provenance"] == r.provenance
+    assert out.read_text(encoding="utf-8") == text  # the date is the build's: the same page every time
 
 
 def test_errors_and_show(models_env, image_file):
