@@ -184,7 +184,12 @@ def test_steps_start_with_the_trained_model_and_follow_the_mode(zf, x112):
     casc = sanity.randomization(zf, x112, "conv3", 7, "deconv", mode="cascading", seed=1)
     assert [s.randomized for s in casc.steps] == [[], ["conv3"], ["conv3", "conv2"], ["conv3", "conv2", "conv1"]]
     np.testing.assert_array_equal(casc.steps[0].projection, zf.project(rec, "conv3", 7).numpy())
-    assert casc.steps[0].spearman == 1.0 and casc.steps[0].ssim == 1.0
+    assert casc.steps[0].spearman == pytest.approx(1.0, abs=1e-12) and casc.steps[0].ssim == 1.0
+    edges = sanity.edge_map(x112, zf.meta.mean, zf.meta.std)
+    for s in casc.steps:  # the ranked-once route against scipy.stats.spearmanr itself
+        for got, want in ((s.spearman, sanity.rank_correlation(casc.steps[0].projection, s.projection, casc.box)),
+                          (s.edge_spearman, sanity.rank_correlation(s.projection, edges, casc.box))):
+            assert (got is None) == (want is None) and (want is None or got == pytest.approx(want, abs=1e-9))
     assert casc.position == zf.seed_box(rec, "conv3", 7)[0] and casc.box == zf.seed_box(rec, "conv3", 7)[1]
     ind = sanity.randomization(zf, x112, "conv3", 7, "deconv", mode="independent", seed=1)
     assert [s.randomized for s in ind.steps] == [[], ["conv3"], ["conv2"], ["conv1"]]
@@ -273,3 +278,20 @@ def test_several_methods_at_once_equal_one_at_a_time(zf, x112):
         assert both[method].to_dict() == one.to_dict()
         for a, b in zip(both[method].steps, one.steps):
             np.testing.assert_array_equal(a.projection, b.projection)
+
+
+def test_a_batch_of_images_equals_one_image_at_a_time(zf):
+    x = torch.cat([smooth_input(112, seed=s) for s in (5, 6, 7)])
+    units = [0, 3, 9]
+    batch = sanity.randomization_batch(zf, x, "conv3", units, ("deconv", "guided"), mode="cascading", seed=2)
+    for i, u in enumerate(units):
+        one = sanity.randomization_methods(zf, x[i:i + 1], "conv3", u, ("deconv", "guided"), seed=2)
+        for m in ("deconv", "guided"):
+            a, b = batch[i][m], one[m]
+            assert (a.position, a.box) == (b.position, b.box)
+            for sa, sb in zip(a.steps, b.steps):
+                np.testing.assert_allclose(sa.projection, sb.projection, rtol=1e-4, atol=1e-6)
+                assert sa.seed_value == pytest.approx(sb.seed_value, rel=1e-5, abs=1e-7)
+                assert (sa.spearman is None) == (sb.spearman is None)
+                if sa.spearman is not None:
+                    assert sa.spearman == pytest.approx(sb.spearman, abs=1e-4)

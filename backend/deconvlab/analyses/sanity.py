@@ -77,7 +77,10 @@ number             how
 ``spearman``       ``scipy.stats.spearmanr`` of the absolute projections summed over the colour
                    channels (Adebayo et al.'s "absolute value" rank correlation, their masks made 2-D
                    by summing absolute values over channels), trained vs randomised; None when
-                   either is constant in the box (a dead seed: no ranking to compare)
+                   either is constant in the box (a dead seed: no ranking to compare). Computed as
+                   ``spearmanr`` does (Pearson's r of ``scipy.stats.rankdata`` ranks, ties averaged)
+                   with the trained map ranked once per check (``_Ranked``); ``rank_correlation``
+                   calls ``spearmanr`` itself, and the tests hold the two equal
 ``ssim``           ``skimage.metrics.structural_similarity`` of the two projections as deconvlab
                    renders them (``render.projection_rgb``: zero at mid grey, each scaled by its own
                    largest magnitude; uint8 RGB, ``data_range`` 255, colour channels averaged,
@@ -175,6 +178,29 @@ def rank_correlation(a, b, box=None) -> float | None:
     if u.size < 2 or np.ptp(u) == 0 or np.ptp(v) == 0:
         return None
     return float(spearmanr(u, v).statistic)
+
+
+class _Ranked:
+    """A map's absolute values in ``box``, ranked once (``scipy.stats.rankdata``, ties averaged),
+    centred and scaled to unit length: Spearman's rho of two maps is then the dot product of
+    theirs (Pearson's r of the ranks, which is how ``scipy.stats.spearmanr`` computes it), so a
+    reference ranked once serves every step. ``z`` is None for a constant map."""
+
+    def __init__(self, a, box=None):
+        from scipy.stats import rankdata
+
+        u = _abs_map(a)
+        u = (_crop(u, box) if box is not None else u).ravel()
+        self.z = None
+        if u.size >= 2 and np.ptp(u) > 0:
+            r = rankdata(u)
+            r -= r.mean()
+            self.z = r / math.sqrt(float((r * r).sum()))  # (no BLAS call: see rho)
+
+    def rho(self, other: "_Ranked") -> float | None:
+        if self.z is None or other.z is None:
+            return None
+        return float(np.clip((self.z * other.z).sum(), -1.0, 1.0))  # (not BLAS: its threads wait on busy cores)
 
 
 def rendered_ssim(a, b, box=None) -> float | None:
@@ -401,27 +427,34 @@ def _check(method: str, mode: str, seed) -> None:
         raise ValueError(f"seed: expected an integer 0..{SEED_MAX}, got {seed!r}")
 
 
-def _seed(net, rec, layer: str, unit: int, position):
-    """``Net.seed_box`` after the checks of ``Net.project`` (unit and position in range)."""
+def _seeds(net, rec, layer: str, units, positions) -> list[tuple]:
+    """Per image: ``Net.seed_box``'s ``(position, box)`` after ``Net.project``'s checks."""
     from ..engine.items import check_item
 
-    check_item((layer, unit, position), net.activation(rec, layer), 1, layer, "point")
-    return net.seed_box(rec, layer, int(unit), position)
+    act, n = net.activation(rec, layer), len(units)
+    out = []
+    for i, (u, pos) in enumerate(zip(units, positions)):
+        check_item((layer, u, pos, i), act, n, layer, "point")
+        position, box = net.seed_box(rec, layer, int(u), pos, item=i)
+        out.append((position, tuple(int(v) for v in box)))
+    return out
 
 
-def _project(net, x, layer, unit, methods, position) -> tuple[dict[str, np.ndarray], float]:
-    """One forward pass, then each method's projection from it: ``({method: CxHxW}, seed value)``."""
+def _project(net, x, layer, units, positions, methods) -> tuple[dict[str, np.ndarray], list[float]]:
+    """One forward pass of the batch, then each method's projections from it (one batched pass per
+    method): ``({method: N x C x H x W}, the seed value of each image)``."""
     rec = net.forward(x)
-    a = net.activation(rec, layer)[0, unit]
-    value = float(a if position is None else a[position])
-    out = {m: net.project(rec, layer, unit, method=m, position=position).detach().float().cpu().numpy()
-           for m in methods}
-    return out, value
+    act = net.activation(rec, layer)
+    values = [float(act[i, u] if pos is None else act[i, u][pos]) for i, (u, pos) in enumerate(zip(units, positions))]
+    items = [(layer, int(u), pos, i) for i, (u, pos) in enumerate(zip(units, positions))]
+    out = {m: net.project_many(rec, items, method=m).detach().float().cpu().numpy() for m in methods}
+    return out, values
 
 
-def _step(randomized, p, p0, edges, box, value) -> SanityStep:
-    return SanityStep(list(randomized), rank_correlation(p0, p, box), rendered_ssim(p0, p, box),
-                      rank_correlation(p, edges, box), value, p)
+def _step(randomized, p, p0, ref: _Ranked, edges: _Ranked, box, value) -> SanityStep:
+    """One model's numbers: ``ref`` and ``edges`` are the trained projection and the edge map, ranked."""
+    ranked = _Ranked(p, box)
+    return SanityStep(list(randomized), ranked.rho(ref), rendered_ssim(p0, p, box), ranked.rho(edges), value, p)
 
 
 def randomization(net, x: torch.Tensor, layer: str, unit: int, method: str = "deconv",
@@ -445,31 +478,50 @@ def randomization_methods(net, x: torch.Tensor, layer: str, unit: int, methods=M
                           init: Callable | None = None, progress: Callable | None = None) -> dict[str, SanityResult]:
     """``randomization`` for several methods at once, sharing each model's forward pass:
     ``{method: SanityResult}``."""
-    methods = tuple(methods)
-    for m in methods:
-        _check(m, mode, seed)
-    if not methods:
-        raise ValueError("methods: expected at least one of ['deconv', 'guided', 'backprop'], got none")
     x = x.unsqueeze(0) if x.dim() == 3 else x
     if x.dim() != 4 or x.shape[0] != 1:
         raise ValueError(f"x: expected one image, 1xCxHxW, got shape {tuple(x.shape)}")
-    position, box = _seed(net, net.forward(x), layer, unit, position)
-    box = tuple(int(v) for v in box)
-    p0, v0 = _project(net, x, layer, unit, methods, position)
-    edges = edge_map(x, net.meta.mean, net.meta.std)
+    return randomization_batch(net, x, layer, [unit], methods, mode, seed, [position], init, progress)[0]
+
+
+def randomization_batch(net, x: torch.Tensor, layer: str, units, methods=METHODS, mode: str = "cascading",
+                        seed: int = 0, positions=None, init: Callable | None = None,
+                        progress: Callable | None = None) -> list[dict[str, SanityResult]]:
+    """``randomization_methods`` for a batch of N images (N x C x H x W), one unit of ``layer`` each
+    (``units``; ``positions``: one per image or None), every model run once on the whole batch:
+    ``[{method: SanityResult}]`` in the images' order (what the CLI runs)."""
+    methods = tuple(methods)
+    if not methods:
+        raise ValueError("methods: expected at least one of ['deconv', 'guided', 'backprop'], got none")
+    for m in methods:
+        _check(m, mode, seed)
+    units = [int(u) if isinstance(u, (int, np.integer)) and not isinstance(u, bool) else u for u in units]
+    positions = [None] * len(units) if positions is None else list(positions)
+    if x.dim() != 4 or x.shape[0] != len(units) or len(positions) != len(units) or not units:
+        raise ValueError(f"x, units, positions: expected N images (N x C x H x W) with one unit and position "
+                         f"each, got x of shape {tuple(x.shape)}, {len(units)} units, {len(positions)} positions")
+    seeds = _seeds(net, net.forward(x), layer, units, positions)
+    positions = [pos for pos, _ in seeds]
+    p0, v0 = _project(net, x, layer, units, positions, methods)
+    edges = [_Ranked(edge_map(x[i:i + 1], net.meta.mean, net.meta.std), b) for i, (_, b) in enumerate(seeds)]
+    refs = {m: [_Ranked(p0[m][i], b) for i, (_, b) in enumerate(seeds)] for m in methods}
+
+    def steps_of_model(names, p, v):
+        return {m: [_step(names, p[m][i], p0[m][i], refs[m][i], edges[i], seeds[i][1], v[i])
+                    for i in range(len(units))] for m in methods}
+
     schedule = steps_of(randomizable_layers(net, layer), mode)
-    steps = {m: [_step([], p0[m], p0[m], edges, box, v0)] for m in methods}
+    models = [steps_of_model([], p0, v0)]
     if progress is not None:
         progress(1, len(schedule) + 1)
     rand = _Randomiser(_private_net(net), int(seed), init)
     for k, names in enumerate(schedule):
         rand.set(names)
-        p, v = _project(rand.net, x, layer, unit, methods, position)
-        for m in methods:
-            steps[m].append(_step(names, p[m], p0[m], edges, box, v))
+        models.append(steps_of_model(names, *_project(rand.net, x, layer, units, positions, methods)))
         if progress is not None:
             progress(k + 2, len(schedule) + 1)
-    return {m: SanityResult(layer, int(unit), m, mode, int(seed), position, box, steps[m]) for m in methods}
+    return [{m: SanityResult(layer, units[i], m, mode, int(seed), seeds[i][0], seeds[i][1],
+                             [model[m][i] for model in models]) for m in methods} for i in range(len(units))]
 
 
 def randomized_projection(net, x: torch.Tensor, layer: str, unit: int, method: str, randomize: list[str],
@@ -480,8 +532,8 @@ def randomized_projection(net, x: torch.Tensor, layer: str, unit: int, method: s
     trained model's strongest activation."""
     _check(method, "cascading", seed)
     x = x.unsqueeze(0) if x.dim() == 3 else x
-    position, _ = _seed(net, net.forward(x), layer, unit, position)
+    ((position, _),) = _seeds(net, net.forward(x), layer, [unit], [position])
     rnet = _private_net(net)
     _Randomiser(rnet, int(seed), init).set(list(randomize))
-    p, value = _project(rnet, x, layer, unit, (method,), position)
-    return p[method], value
+    p, values = _project(rnet, x, layer, [unit], [position], (method,))
+    return p[method][0], values[0]

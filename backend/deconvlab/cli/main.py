@@ -11,6 +11,7 @@ module              subcommands
 ``cli.analyses``    ``filters``, ``evolution``, ``invariance``, ``correspondence``,
                     ``ablation``, ``transfer``
 ``cli.faithfulness``  ``faithfulness``
+``cli.sanity``      ``sanity``
 ``cli.compare``     ``compare``, ``region``
 ``cli.report``      ``report``
 ``cli.register``    ``register``
@@ -35,6 +36,7 @@ from .. import __version__
 from . import analyses, compare, index, register, report, serve, training
 from .faithfulness import FAITHFULNESS
 from .options import Command
+from .sanity import SANITY
 
 COMMANDS: dict[str, Command] = {
     "train": training.TRAIN,
@@ -48,6 +50,7 @@ COMMANDS: dict[str, Command] = {
     "ablation": analyses.ABLATION,
     "transfer": analyses.TRANSFER,
     "faithfulness": FAITHFULNESS,
+    "sanity": SANITY,
     "compare": compare.COMPARE, "region": compare.REGION,
     "report": report.REPORT,
     "register": register.REGISTER,
