@@ -295,3 +295,43 @@ def test_a_batch_of_images_equals_one_image_at_a_time(zf):
                 assert (sa.spearman is None) == (sb.spearman is None)
                 if sa.spearman is not None:
                     assert sa.spearman == pytest.approx(sb.spearman, abs=1e-4)
+
+
+def test_the_command_writes_table_numbers_and_figure_equal_to_the_library(models_env, tmp_path, monkeypatch):
+    import json
+
+    from PIL import Image
+
+    from conftest import make_sample_image
+    from deconvlab import load
+    from deconvlab.analyses.evolution import normalise
+    from deconvlab.cli.main import main
+    from deconvlab.data import decoded, list_split
+
+    monkeypatch.setenv("DECONVLAB_CACHE", str(tmp_path / "cache"))
+    for c, cls in enumerate(["n01440764", "n02102040"]):
+        (tmp_path / "data" / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            make_sample_image(120, 100, seed=10 * c + i).save(tmp_path / "data" / "val" / cls / f"{i}.png")
+    out = tmp_path / "out"
+    assert main(["sanity", "--data", str(tmp_path / "data"), "--images", "3", "--batch", "2", "--layers", "conv1",
+                 "conv2", "--methods", "guided", "backprop", "--out", str(out), "--no-progress"]) == 0
+    data = json.loads((out / "sanity.json").read_text())
+    per = json.loads((out / "sanity_images.json").read_text())
+    assert len(data["rows"]) == 2 * (2 + 3) and len(per["images"]) == 3
+    assert Image.open(out / "sanity.png").size[0] > 200 and "| conv2 | cascading | backprop | 2 | conv1 |" in \
+        (out / "sanity.md").read_text()
+    net = load("zfnet-imagenette", device="cpu")
+    sp = list_split(tmp_path / "data", "val")
+    idx = [sp.files.index(f) for f in per["images"]]
+    x = normalise(decoded(sp, 224, indices=np.asarray(idx), progress=False), net.meta.mean, net.meta.std)
+    rec = per["per_image"]["conv2"]["cascading"][2]
+    a = net.activation(net.forward(x[2:3]), "conv2")[0]
+    assert rec["unit"] == int(a.reshape(a.shape[0], -1).amax(dim=1).argmax())  # the strongest unit
+    lib = sanity.randomization(net, x[2:3], "conv2", rec["unit"], "backprop", seed=0)
+    for k, s in enumerate(lib.steps):
+        for f in ("spearman", "ssim", "edge_spearman"):
+            want = getattr(s, f)
+            assert (rec["backprop"][f][k] is None) == (want is None)
+            if want is not None:
+                assert rec["backprop"][f][k] == pytest.approx(want, abs=2e-3)
