@@ -28,6 +28,7 @@ export function createRegionView(root = document) {
   let drag = null; // {id, a} while a pointer draws
   let fieldError = null;
   let drawing = false; // touch drawing on
+  let shownBox = null; // the box the fields were last filled from
 
   const ready = () => !!size && !image.hidden && image.naturalWidth > 0;
   const local = (e) => { const r = figure.getBoundingClientRect(); return { x: e.clientX - r.left, y: e.clientY - r.top, r }; };
@@ -79,6 +80,7 @@ export function createRegionView(root = document) {
         if (!next) return;
         e.preventDefault();
         e.stopPropagation(); // not the page's unit moves
+        fieldError = null;
         handlers.setRegionBox(next);
       });
       list.addEventListener('click', (e) => {
@@ -94,11 +96,13 @@ export function createRegionView(root = document) {
       section.hidden = !state.image;
       if (!drag) show(state.input.status === 'ok' ? box : null);
       boxEl.setAttribute('aria-label', box ? `Region ${boxWords(box)}: arrow keys move it, Shift and arrows resize it` : 'Region');
-      for (const [n, el] of fields) {
-        el.max = String(size ?? '');
-        if (box && document.activeElement !== el) el.value = String(box[['top', 'left', 'bottom', 'right'].indexOf(n)]);
-        if (!box && document.activeElement !== el && !fieldError) el.value = '';
+      // The fields follow the box when it changes (a drag, a key), never while someone types in them.
+      const boxKey = box ? box.join(',') : '';
+      if (boxKey !== shownBox) {
+        shownBox = boxKey;
+        fields.forEach(([, el], i) => { el.value = box ? String(box[i]) : ''; });
       }
+      for (const [, el] of fields) el.max = String(size ?? '');
       const r = state.regionData;
       if (fieldError) showStatus(status, { status: 'error', error: fieldError });
       else if (!box) showStatus(status, { status: 'idle' }, { idle: `Drag a box on the model input, or type its edges in input pixels (0–${size ?? '?'}).` });
