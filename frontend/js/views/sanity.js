@@ -18,7 +18,7 @@ function cell(c, label) {
         title: c.randomized.length ? `randomised: ${c.randomized.join(', ')}` : 'the trained weights',
       }),
       h('figcaption', { class: 'sanity-scores', dataset: { testid: 'sanity-scores' } },
-        c.silent ? 'silent: the unit does not fire here' : scores)));
+        c.silent ? 'silent: 0 at the seed' : scores)));
 }
 
 export function createSanityView(root = document) {
