@@ -32,6 +32,15 @@ How:
   seed's signal lives in one channel only that unit's filter is transposed, and
   transposed convs onto the colours run polyphase (``graph_kernels``). K items
   run as one batch, cut so that no signal buffer passes 32 MB.
+* Windows (``graph_windows``): a point seed's signal only reaches its
+  receptive field, so by default (``window=True``) each rule runs over the
+  window of each map that the signal can reach, clipped to the map; items whose
+  windows have the same sizes batch together. Where the signal turns global (a
+  linear layer, a global or adaptive pool, a gate, an op with no windowed rule)
+  the walk goes on over whole maps. ``window=False`` (engine or call) is the
+  whole-map walk, kept as the reference the tests compare it with;
+  ``last_visit`` says what the last call touched (elements, multiply-adds,
+  windows).
 
 Seeds (as in the sequential engine and ``Net.project_many``): ``point``: one
 activation of one unit, by default its first maximum in row-major order, with
@@ -60,6 +69,7 @@ from torch import fx, nn
 
 from .graph_rules import Ctx, UnsupportedOp, fold_pairs, rule_for  # noqa: F401 (UnsupportedOp: re-exported)
 from .graph_trace import first_tensor, trace_model
+from .graph_windows import Visit, WindowCtx, plan, walk, window_sizes
 from .items import check_form, check_item, strongest  # noqa: F401 (strongest: re-exported)
 
 METHODS = ("deconv", "guided", "backprop")
@@ -111,12 +121,15 @@ class GraphEngine:
     max_batch = 64  # items per backward pass
     budget_elements = 8 << 20  # K is cut so that K x the largest map (per item) stays under this (32 MB)
 
-    def __init__(self, module: nn.Module, input_shape: tuple[int, int, int]):
+    def __init__(self, module: nn.Module, input_shape: tuple[int, int, int], window: bool = True):
         if not isinstance(module, nn.Module):
             raise TypeError(f"module: expected an nn.Module, got {type(module).__name__}")
         if len(input_shape) != 3 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in input_shape):
             raise ValueError(f"input_shape: expected (C, H, W) of positive ints, got {input_shape!r}")
         self.input_shape = tuple(int(s) for s in input_shape)
+        self.window = bool(window)  # point seeds walk windows (``graph_windows``); False: whole maps
+        self.last_visit: Visit | None = None  # what the last backward pass touched
+        self._plans: dict = {}
         t = trace_model(module, self.input_shape)
         self._t = t
         self.root = t.root
@@ -193,14 +206,15 @@ class GraphEngine:
     # ------------------------------------------------------------ projections
 
     def project(self, rec: GraphRecord, layer: str, unit: int, method: str = "deconv", seed: str = "point",
-                position: tuple[int, int] | None = None, index: int = 0) -> torch.Tensor:
+                position: tuple[int, int] | None = None, index: int = 0, window: bool | None = None) -> torch.Tensor:
         """One unit's projection: (C_in, H, W)."""
-        return self.project_many(rec, [(layer, unit, position, index)], method=method, seed=seed)[0]
+        return self.project_many(rec, [(layer, unit, position, index)], method=method, seed=seed, window=window)[0]
 
     def project_many(self, rec: GraphRecord, items: Iterable[Sequence], method: str = "deconv",
-                     seed: str = "point") -> torch.Tensor:
+                     seed: str = "point", window: bool | None = None) -> torch.Tensor:
         """Project K items ``(layer, unit, position_or_None[, index])``: (K, C_in, H, W) in
-        the order of ``items``; items of one layer run as batched passes."""
+        the order of ``items``; items of one layer run as batched passes. ``window``: point
+        seeds walk only the windows their signal reaches (None: the engine's ``window``)."""
         if method not in METHODS:
             raise ValueError(f"method: expected one of {list(METHODS)}, got {method!r}")
         if seed not in SEEDS:
@@ -214,11 +228,13 @@ class GraphEngine:
         for k, it in enumerate(items):
             groups.setdefault(it[0], []).append(k)
         out = rec.input.new_zeros((len(items),) + tuple(rec.input.shape[1:]))
+        window = self.window if window is None else bool(window)
+        self.last_visit = Visit()
         for layer, ks in groups.items():
             step = self._step(rec, layer)
             for i in range(0, len(ks), step):
                 part = ks[i:i + step]
-                res = self._project_group(rec, layer, [items[k] for k in part], method, seed)
+                res = self._project_group(rec, layer, [items[k] for k in part], method, seed, window)
                 out[torch.tensor(part, device=out.device)] = res
         return out
 
@@ -239,19 +255,62 @@ class GraphEngine:
         return check_item(item, act, len(rec), item[0], seed)
 
     def _project_group(self, rec: GraphRecord, layer: str, items: list[tuple], method: str,
-                       seed: str) -> torch.Tensor:
+                       seed: str, window: bool = False) -> torch.Tensor:
         act = rec.activations[layer]
         n = torch.tensor([it[3] for it in items], dtype=torch.long, device=act.device)
         units = torch.tensor([it[1] for it in items], dtype=torch.long, device=act.device)
-        g = seed_batch(act, n, units, [it[2] for it in items], seed)
+        positions = [it[2] for it in items]
+        if window and not self.untraceable and seed == "point" and act.dim() == 4:
+            return self._walk_windows(rec, self._t.node_of[layer], act, n, units, positions, method)
+        g = seed_batch(act, n, units, positions, seed)
         if self.untraceable:
             return self._hooks.project(rec, layer, n, g, method)
         return self._walk(rec, self._t.node_of[layer], g, n, method)
 
+    def _ctx(self, cls, rec: GraphRecord, n: torch.Tensor, method: str, start: str):
+        ctx = cls(self.root, rec.values, rec.cache, n, method, self._dep, self._t.qualname)
+        ctx.modules, ctx.folded, ctx.start = self._modules, self._folded, start
+        return ctx
+
+    def _walk_windows(self, rec: GraphRecord, start: str, act: torch.Tensor, n: torch.Tensor, units: torch.Tensor,
+                      positions: list, method: str) -> torch.Tensor:
+        """Point seeds on windows (``graph_windows``): each rule runs over the part of each map
+        the seeds' signals reach; the same sums as ``_walk``. Items whose windows have the same
+        sizes at every node (clipped to the maps) run as one batch, so no item computes over
+        another's border."""
+        ys, xs = strongest(act, n, units)
+        for i, p in enumerate(positions):
+            if p is not None:
+                ys[i], xs[i] = p
+        K = int(n.shape[0])
+        g = act.new_zeros((K, act.shape[1], 1, 1))
+        g[torch.arange(K, device=act.device), units, 0, 0] = act[n, units, ys, xs]
+        node = self._order[self._index[start]]
+        key = (start, method, tuple(rec.input.shape[1:]))
+        if key not in self._plans:
+            ctx = self._ctx(WindowCtx, rec, n, method, start)
+            self._plans[key] = (plan(self._order, node, self._rules, ctx, method), {})
+        steps, sizes = self._plans[key]
+        groups: dict[tuple, list[int]] = {}
+        for k, yx in enumerate(zip(ys.tolist(), xs.tolist())):
+            if yx not in sizes:
+                sizes[yx] = window_sizes(steps, rec.values, *yx)
+            groups.setdefault(sizes[yx], []).append(k)
+        out = rec.input.new_zeros((K,) + tuple(rec.input.shape[1:]))
+        for ks in groups.values():
+            sel = torch.tensor(ks, device=act.device)
+            ctx = self._ctx(WindowCtx, rec, n.index_select(0, sel), method, start)
+            with torch.no_grad():
+                res = walk(self._order, self._input, node, self._rules, ctx, steps, g.index_select(0, sel),
+                           ys[sel].tolist(), xs[sel].tolist(), self.last_visit)
+            if res is not None:
+                out[sel] = res
+        return out
+
     def _walk(self, rec: GraphRecord, start: str, g: torch.Tensor, n: torch.Tensor, method: str) -> torch.Tensor:
         """The reverse walk: ``g`` at node ``start`` down to the input, (K, C, H, W)."""
-        ctx = Ctx(self.root, rec.values, rec.cache, n, method, self._dep, self._t.qualname)
-        ctx.modules, ctx.folded, ctx.start = self._modules, self._folded, start
+        ctx = self._ctx(Ctx, rec, n, method, start)
+        visit = self.last_visit if self.last_visit is not None else Visit()
         sig: dict[str, object] = {start: g}
         result = None
         with torch.no_grad():
@@ -264,6 +323,8 @@ class GraphEngine:
                     break
                 if node.op == "placeholder":
                     continue
+                visit.add(node, s, self._rules[node.name], ctx)
+                visit.windows[node.name] = None
                 for a, ga in self._rules[node.name](node, s, ctx):
                     if ga is not None:
                         sig[a.name] = _accumulate(sig.get(a.name), ga)
