@@ -116,6 +116,20 @@ def test_paper_net_against_every_positions_field():
         assert [(u.unit, u.position) for u in got.units] == [(u, p) for u, _, p in want], layer
 
 
+def test_graph_resnet_against_every_positions_field():
+    import torchvision
+
+    torch.manual_seed(0)
+    net = Net.from_module(torchvision.models.resnet18(weights=None, num_classes=5).eval(), input_size=64)
+    rec = net.forward(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4)))
+    for layer, box in (("layer1.0", (3, 30, 20, 44)), ("layer3.1", (40, 40, 64, 64)), ("layer2.0.add", (0, 0, 9, 60))):
+        act = net.activation(rec, layer)[0].numpy()
+        keep, overlap, want = brute(act, lambda y, x: net.receptive_field(layer, y, x), box, k=6)
+        got = region.rank_units(net, rec, layer, box, k=6)
+        assert (got.positions, got.overlap) == (keep, overlap), layer
+        assert [(u.unit, u.position) for u in got.units] == [(u, p) for u, _, p in want], layer
+
+
 @pytest.mark.parametrize("box, why", [
     ((0, 0, 0, 5), "non-empty"), ((5, 5, 4, 9), "non-empty"), ((0, 0, 33, 5), "inside the 32x32"),
     ((-1, 0, 5, 5), "inside"), ((0, 0, 5), "four integers"), ((0.5, 0, 5, 5), "four integers"),
