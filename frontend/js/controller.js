@@ -12,6 +12,7 @@ import {
   currentModel, formatHash, neighbourLayer, parseHash,
 } from './state.js';
 import { moveUnit, sortUnits } from './units.js';
+import { createInspect, inspectState } from './inspect.js';
 
 const idle = () => ({ status: 'idle', key: null, data: null, error: null });
 
@@ -30,6 +31,7 @@ export function initialState() {
     occlusion: { ...idle(), params: { ...OCCLUSION_DEFAULTS }, startedAt: null },
     panel: null, // 'occlusion' | 'filters' | null
     notice: null, // a message about the link or the state, in words
+    ...inspectState(), // sanity strip, compare panel, region (inspect.js)
   };
 }
 
@@ -252,6 +254,7 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
       if (inflight.has('occlusion')) { inflight.get('occlusion').abort(); inflight.delete('occlusion'); }
       set({ occlusion: { ...idle(), params: occ.params, startedAt: null } });
     }
+    inspect.ensure(model);
   }
 
   /**
@@ -328,7 +331,9 @@ export function createController({ api, views, nav, now = () => Date.now(), rele
     }
   }
 
+  const inspect = createInspect({ get, set, load, clear, render, commit, api });
   const handlers = {
+    ...inspect.handlers,
     uploadFile(file) {
       if (!file) {
         set({ upload: { status: 'error', error: 'expected an image file, got nothing', name: null } });

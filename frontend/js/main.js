@@ -1,5 +1,6 @@
 // Wiring: build the views over the page, the API client and the location, then start.
 import { createApi } from './api.js';
+import { withInspectRoutes } from './api_inspect.js';
 import { createController } from './controller.js';
 import { createEvolutionView } from './views/evolution.js';
 import { createFiltersView } from './views/filters.js';
@@ -11,6 +12,10 @@ import { createOcclusionView } from './views/occlusion.js';
 import { createPickerView } from './views/picker.js';
 import { createTopkView } from './views/topk.js';
 import { createUnitView } from './views/unit.js';
+import { createSanityView } from './views/sanity.js';
+import { createCompareView } from './views/compare.js';
+import { createRegionView } from './views/region.js';
+import { createShareView } from './views/share.js';
 import { createUploadView } from './views/upload.js';
 
 const layers = createLayersView();
@@ -27,6 +32,10 @@ const views = {
   evolution: createEvolutionView(),
   occlusion: createOcclusionView(),
   filters: createFiltersView(),
+  sanity: createSanityView(),
+  compare: createCompareView(),
+  region: createRegionView(),
+  share: createShareView(),
   keyboard: createKeyboardView({
     columns: () => layers.columns(),
     afterMove: () => layers.focusSelected(),
@@ -49,7 +58,7 @@ const nav = {
 };
 
 controller = createController({
-  api: createApi(),
+  api: withInspectRoutes(createApi()),
   views,
   nav,
   release: (url) => URL.revokeObjectURL(url),

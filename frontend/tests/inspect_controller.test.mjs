@@ -2,13 +2,9 @@
 // what is asked, when, and what is dropped. No DOM, no server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createController, initialState } from '../js/controller.js';
+import { createController } from '../js/controller.js';
 import { ApiError } from '../js/api.js';
 import { chosenTarget, otherLayerFor, sanityKey } from '../js/inspect.js';
-
-// Until controller.js spreads inspectState() and calls inspect.ensure(), these are skipped.
-const WIRED = 'sanity' in initialState();
-const wtest = (name, fn) => test(name, { skip: !WIRED && 'inspect.js is not wired into controller.js yet' }, fn);
 
 const flush = async () => { for (let i = 0; i < 30; i++) await new Promise((r) => setImmediate(r)); };
 
@@ -88,7 +84,7 @@ function setup(hash = '#model=tiny&image=img1&layer=conv2&unit=3', opts = {}) {
   return { api, c, s: () => c.get() };
 }
 
-wtest('the sanity check runs on demand, the three methods one after another, and ends ok', async () => {
+test('the sanity check runs on demand, the three methods one after another, and ends ok', async () => {
   let gateOn = true;
   const { api, c, s } = setup(undefined, { hold: (n) => gateOn && n.startsWith('sanity') });
   await flush();
@@ -115,7 +111,7 @@ wtest('the sanity check runs on demand, the three methods one after another, and
   assert.deepEqual(s().sanity.byMethod, {});
 });
 
-wtest('Cancel aborts the method in flight and asks for no other', async () => {
+test('Cancel aborts the method in flight and asks for no other', async () => {
   const { api, c, s } = setup(undefined, { hold: (n) => n.startsWith('sanity') });
   await flush();
   const done = c.handlers.runSanity();
@@ -128,7 +124,7 @@ wtest('Cancel aborts the method in flight and asks for no other', async () => {
   assert.equal(s().sanity.cancelled, true);
 });
 
-wtest('a failing method is an error in words, naming the method; no unit: no request', async () => {
+test('a failing method is an error in words, naming the method; no unit: no request', async () => {
   const { c, s } = setup(undefined, { fail: { sanity: 'unit: expected 0..29 for layer conv2, got 31' } });
   await flush();
   await c.handlers.runSanity();
@@ -141,7 +137,7 @@ wtest('a failing method is an error in words, naming the method; no unit: no req
   assert.ok(!bare.api.calls.some((n) => n.startsWith('sanity')));
 });
 
-wtest('compare: targets load with the panel; a target loads matches, CKA and the best match\'s top 9', async () => {
+test('compare: targets load with the panel; a target loads matches, CKA and the best match\'s top 9', async () => {
   const { api, c, s } = setup();
   await flush();
   assert.ok(!api.calls.some((n) => n.startsWith('targets')), 'the panel is closed: nothing asked');
@@ -172,7 +168,7 @@ wtest('compare: targets load with the panel; a target loads matches, CKA and the
   assert.equal(s().matchTop.status, 'idle');
 });
 
-wtest('compare with a model without the layer: no request until one of its layers is chosen', async () => {
+test('compare with a model without the layer: no request until one of its layers is chosen', async () => {
   const { api, c, s } = setup();
   await flush();
   c.handlers.openPanel('compare');
@@ -189,7 +185,7 @@ wtest('compare with a model without the layer: no request until one of its layer
   assert.ok(api.calls.includes('matches:conv2:3:res:null:layer4:null'));
 });
 
-wtest('region: a box ranks the layer\'s units, re-ranked for a new layer; a unit opens at its position', async () => {
+test('region: a box ranks the layer\'s units, re-ranked for a new layer; a unit opens at its position', async () => {
   const { api, c, s } = setup();
   await flush();
   c.handlers.setRegionBox([4, 8, 20, 30]);
