@@ -68,8 +68,11 @@ def strongest_units(net, x, layer: str) -> list[int]:
     return a.reshape(a.shape[0], a.shape[1], -1).amax(dim=2).argmax(dim=1).tolist()
 
 
-def _round(v):
-    return None if v is None else round(float(v), 3)
+def _round(v, field: str = ""):
+    """3 decimals; a seed value 4 significant digits (a tiny one is not zero: only 0 is silent)."""
+    if v is None:
+        return None
+    return float(f"{float(v):.4g}") if field == "seed_value" else round(float(v), 3)
 
 
 def _run_layer(net, x_all, layer, mode, args, say) -> tuple[list, tuple]:
@@ -87,7 +90,7 @@ def _run_layer(net, x_all, layer, mode, args, say) -> tuple[list, tuple]:
             first = next(iter(r.values()))
             records.append({"unit": units[i], "position": first.position, "box": list(first.box),
                             "steps": [list(st.randomized) for st in first.steps],
-                            **{m: {f: [_round(getattr(st, f)) for st in res.steps] for f in FIELDS}
+                            **{m: {f: [_round(getattr(st, f), f) for st in res.steps] for f in FIELDS}
                                for m, res in r.items()}})
             fires = all(st.seed_value for st in first.steps)
             if example is None or (fires and not example[2]):  # the first image whose unit fires at every step
