@@ -35,7 +35,7 @@ def _open_unit(page, server: str, layer: str = "conv2", unit: int = 1) -> str:
 
 
 def _two(v) -> str:
-    """The strip's number format for scores (views/dom.js fmt with 2 digits), '–' for null."""
+    """The strip's number format for scores (two decimals, views/sanity.js num), "–" for null."""
     return "–" if v is None else f"{v:.2f}"
 
 

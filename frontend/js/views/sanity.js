@@ -4,9 +4,10 @@
 // Spearman and SSIM against the trained model's; one sentence on how to read it.
 import { METHODS } from '../config.js';
 import { SANITY_FINDING, SANITY_READING, sanityRows, sanityVerdict } from '../sanity.js';
-import { $, fmt, h, rebuild, showStatus } from './dom.js';
+import { $, h, rebuild, showStatus } from './dom.js';
 
-const num = (v) => (v === null || v === undefined ? '–' : fmt(v, 2));
+// Scores lie in -1..1: two decimals always (fmt would switch to an exponent below 1e-3).
+const num = (v) => (v === null || v === undefined || !Number.isFinite(Number(v)) ? '–' : Number(v).toFixed(2));
 
 function cell(c, label) {
   const words = c.step === 0 ? `${label}, trained model` : `${label}, ${c.heading}`;
