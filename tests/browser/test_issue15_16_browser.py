@@ -69,6 +69,25 @@ def test_sanity_strip_has_the_three_methods_and_the_servers_scores(server, page)
     page.wait_for_function("() => document.querySelectorAll('[data-testid=sanity-row]').length === 0")
 
 
+def test_sanity_check_shows_progress_and_cancels(server, page):
+    """The check's first request is held (never answered) in the browser: progress shows; Cancel aborts it,
+    asks for no other method, and says so."""
+    held = []
+    page.route("**/units/*/sanity?*", lambda route: held.append(route))  # neither continued nor fulfilled
+    _open_unit(page, server, "conv2", 5)
+    page.click("[data-testid=sanity-run]")
+    page.wait_for_selector("[data-testid=sanity-progress]:not([hidden])")
+    assert "0 of 3 methods done" in page.inner_text("[data-testid=sanity-progress]")
+    assert page.is_disabled("[data-testid=sanity-run]")
+    page.click("[data-testid=sanity-cancel]")
+    page.wait_for_selector("[data-testid=sanity-progress]", state="hidden")
+    assert page.inner_text("[data-testid=sanity-status]").startswith("Cancelled")
+    assert page.is_enabled("[data-testid=sanity-run]")
+    page.wait_for_timeout(300)  # not a threshold: room for a wrongly started second method to show up
+    assert len(held) == 1 and "method=deconv" in held[0].request.url
+    assert page.evaluate("() => window.deconvlab.state().sanity.cancelled") is True
+
+
 def _choose_target(page, target: str) -> None:
     page.click("[data-testid=open-compare]")
     page.wait_for_selector(f"[data-testid=compare-target] option[value='{target}']", state="attached")
