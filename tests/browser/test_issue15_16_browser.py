@@ -168,6 +168,32 @@ def test_a_box_dragged_on_the_input_lists_units_and_one_opens(server, page):
     assert re.search(r"0 <= top < bottom", page.inner_text("[data-testid=region-status]"))
 
 
+def _touch_drag(page, a: tuple[float, float], b: tuple[float, float]) -> None:
+    """A finger's drag on the input as pointer events (pointerType touch), from a to b (fractions of the figure)."""
+    page.evaluate("""([a, b]) => {
+        const fig = document.querySelector('[data-testid=input]');
+        const r = fig.getBoundingClientRect();
+        const at = (p) => ({clientX: r.left + p[0] * r.width, clientY: r.top + p[1] * r.height});
+        const ev = (type, p) => fig.dispatchEvent(new PointerEvent(type, {pointerType: 'touch', pointerId: 7,
+            isPrimary: true, bubbles: true, cancelable: true, button: 0, ...at(p)}));
+        ev('pointerdown', a); ev('pointermove', b); ev('pointerup', b); }""", [list(a), list(b)])
+
+
+def test_a_touch_drag_draws_a_box_only_after_draw(server, page):
+    _open_unit(page, server, "conv2", 0)
+    _wait_img(page, ".input-img")
+    _touch_drag(page, (0.1, 0.1), (0.5, 0.5))  # a finger on the picture scrolls the page: no box
+    assert page.evaluate("() => window.deconvlab.state().region.box") is None
+    page.click("[data-testid=region-draw]")
+    assert page.get_attribute("[data-testid=region-draw]", "aria-pressed") == "true"
+    _touch_drag(page, (0.1, 0.1), (0.5, 0.5))
+    size = page.evaluate("() => window.deconvlab.state().models.data.models"
+                         ".find(m => m.id === window.deconvlab.state().model).input_size")
+    box = page.evaluate("() => window.deconvlab.state().region.box")
+    assert box is not None and box[0] <= 0.1 * size + 1 and box[2] >= 0.5 * size - 1
+    page.wait_for_selector("[data-testid=region-unit]")
+
+
 def _channels(server: str, layer: str) -> int:
     models = httpx.get(f"{server}/api/models").json()["models"]
     return next(l["channels"] for m in models if m["id"] == MODEL for l in m["layers"] if l["name"] == layer)

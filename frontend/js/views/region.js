@@ -37,7 +37,7 @@ export function createRegionView(root = document) {
   function onDown(e) {
     if (!ready() || e.button > 0 || (e.pointerType === 'touch' && !drawing)) return;
     e.preventDefault();
-    figure.setPointerCapture(e.pointerId);
+    try { figure.setPointerCapture(e.pointerId); } catch { /* a pointer already gone: the drag still ends on pointerup */ }
     drag = { id: e.pointerId, a: local(e) };
   }
   function onMove(e) {
