@@ -1,6 +1,7 @@
 """Benchmark of the graph engine (issue 13) against Captum's NeuronGuidedBackprop on resnet18.
 
-    .venv/bin/python bench/bench_graph.py [--reps 3] [--layer layer3.1] [--units 64] [--threads 2] [--size 224]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_graph.py [--reps 3] [--layers layer3.1,layer1.1]
+        [--units 64] [--threads 2] [--size 224]
 
 Model: torchvision's resnet18 (``weights=None``), He-initialised conv and
 linear weights and random batch-norm statistics (seed 0), at 224 px, one input
@@ -10,7 +11,10 @@ Captum (``pip install captum``; the ``bench`` extra) is a bench-only dependency.
 Captum gets a copy of the model with out-of-place ReLUs (its hooks refuse
 in-place ones); the engine gets the model as torchvision ships it.
 
-Side by side in one run (the order rotating every repetition; medians):
+Side by side in one run, per layer (``layer3.1``, the issue's, and ``layer1.1``,
+where windows matter more; the order rotating every repetition; medians), three
+columns: the engine with windows (``window=True``, the default), the engine on
+whole maps (``window=False``) and Captum:
 
 * **one unit**: ``GraphEngine.project(rec, layer, u, method="guided")`` on the
   layer's most active unit, with the forward pass already done, against one
@@ -20,12 +24,13 @@ Side by side in one run (the order rotating every repetition; medians):
   units, each at its strongest position, against K Captum calls. Target:
   ratio >= 3 (aim 8).
 
-The floor: the multiply-adds of the dense backward pass from the layer to the
-pixels (every conv's and linear's input gradient on the way down: the same
-count as those layers' forward), per unit, and the time they would take at the
-conv throughput this machine reaches in the model's own forward pass (its
-multiply-adds over its time). The engine's one-channel step (the seeded unit's
-filter only, until the first rectifier spreads the signal) does fewer.
+The floor: the multiply-adds of the backward pass from the layer to the pixels
+(every conv's input gradient on the way down), over the windows the engine used
+(``GraphEngine.last_visit.macs``, counted as if every channel carried signal)
+and over whole maps, and the time they take at the conv throughput this machine
+reaches in the model's own forward pass (its multiply-adds over its time). The
+engine's one-channel step (the seeded unit's filter only, until the first conv
+spreads the signal) does fewer than this count.
 
 Before timing, our projections are checked against Captum's (ours = Captum's x
 the activation: guided backprop's rule is positively homogeneous; relative
@@ -108,10 +113,11 @@ def error_vs_captum(ours: torch.Tensor, captum, value: list[float]) -> float:
 
 def runs_for(eng, rec, x, layer, units, items, captum) -> dict:
     return {
-        "forward": lambda: eng.forward(x),
-        "ours_one": lambda: eng.project(rec, layer, units[0], method="guided"),
+        "win_one": lambda: eng.project(rec, layer, units[0], method="guided", window=True),
+        "whole_one": lambda: eng.project(rec, layer, units[0], method="guided", window=False),
         "captum_one": lambda: captum(0),
-        "ours_many": lambda: eng.project_many(rec, items, method="guided"),
+        "win_many": lambda: eng.project_many(rec, items, method="guided", window=True),
+        "whole_many": lambda: eng.project_many(rec, items, method="guided", window=False),
         "captum_many": lambda: [captum(i) for i in range(len(units))],
     }
 
@@ -126,22 +132,68 @@ def measure(runs: dict, reps: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def print_table(r: dict) -> None:
-    print(f"forward pass: {r['forward_ms']:.0f} ms ({r['forward_gmac']:.2f} GMAC, {r['gmac_per_s_forward']:.1f} "
-          f"GMAC/s), {r['threads']} thread(s), load average {r['load_average']:.1f}; trace {r['trace_s']:.2f} s")
+def macs_of(eng, fn) -> int:
+    fn()
+    return eng.last_visit.macs
+
+
+def print_table(res: dict) -> None:
+    print(f"forward pass: {res['forward_ms']:.0f} ms ({res['forward_gmac']:.2f} GMAC, {res['gmac_per_s_forward']:.1f} "
+          f"GMAC/s), {res['threads']} thread(s), load average {res['load_average']:.1f}; trace {res['trace_s']:.2f} s")
     print()
-    print("| layer | ours, 1 unit | Captum, 1 call | ratio | floor | ours, K units | Captum, K calls | ratio | "
-          "floor | K |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| {r['layer']} | {r['ours_one_ms']:.0f} ms | {r['captum_one_ms']:.0f} ms | **{r['ratio_one']:.1f}x** | "
-          f"{r['floor_one_ms']:.0f} ms | {r['ours_many_ms']:.0f} ms | {r['captum_many_ms']:.0f} ms | "
-          f"**{r['ratio_many']:.1f}x** | {r['floor_many_ms']:.0f} ms | {r['units']} |")
+    print("| layer | units | windows | whole maps | Captum | ratio (windows) | ratio (whole maps) | "
+          "floor (windows) | floor (whole maps) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in res["layers"]:
+        for k, label in (("one", "1"), ("many", str(r["units"]))):
+            print(f"| {r['layer']} | {label} | {r[f'win_{k}_ms']:.0f} ms | {r[f'whole_{k}_ms']:.0f} ms | "
+                  f"{r[f'captum_{k}_ms']:.0f} ms | **{r[f'ratio_{k}']:.1f}x** | {r[f'ratio_{k}_whole']:.1f}x | "
+                  f"{r[f'floor_{k}_ms']:.0f} ms | {r[f'floor_{k}_whole_ms']:.0f} ms |")
+
+
+def bench_layer(eng, model, rec, x, layer: str, K: int, reps: int, rate: float, NeuronGuidedBackprop) -> dict:
+    act = rec.activations[layer]
+    units = [int(u) for u in act[0].flatten(1).amax(1).argsort(descending=True, stable=True)[:K]]
+    flat = act[0, units].flatten(1).argmax(1)
+    sel = [(u, int(f) // act.shape[-1], int(f) % act.shape[-1]) for u, f in zip(units, flat)]
+    value = [float(act[0, u, y, xx]) for u, y, xx in sel]
+    items = [(layer, u, None) for u in units]
+    theirs = copy.deepcopy(model)
+    for m in theirs.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    ngb = NeuronGuidedBackprop(theirs, theirs.get_submodule(layer))
+
+    def captum(i):
+        return ngb.attribute(x, neuron_selector=sel[i])[0]
+
+    win = eng.project_many(rec, items, method="guided", window=True)
+    whole = eng.project_many(rec, items, method="guided", window=False)
+    rel_err = error_vs_captum(win, captum, value)
+    rel_win = float((win - whole).abs().max() / whole.abs().max())
+    if not (rel_err < 1e-4 and rel_win < 1e-5):
+        raise SystemExit(f"{layer}: projections differ (vs Captum {rel_err:.1e}, windows vs whole maps {rel_win:.1e})")
+    med = measure(runs_for(eng, rec, x, layer, units, items, captum), reps)
+    m = {k: macs_of(eng, fn) for k, fn in (
+        ("one", lambda: eng.project(rec, layer, units[0], method="guided")),
+        ("one_whole", lambda: eng.project(rec, layer, units[0], method="guided", window=False)),
+        ("many", lambda: eng.project_many(rec, items, method="guided")),
+        ("many_whole", lambda: eng.project_many(rec, items, method="guided", window=False)))}
+    out = {"layer": layer, "units": len(units), "max_rel_err_vs_captum": rel_err, "max_rel_windows_vs_whole": rel_win}
+    for k in ("one", "many"):
+        out.update({f"win_{k}_ms": med[f"win_{k}"] * 1e3, f"whole_{k}_ms": med[f"whole_{k}"] * 1e3,
+                    f"captum_{k}_ms": med[f"captum_{k}"] * 1e3,
+                    f"ratio_{k}": med[f"captum_{k}"] / med[f"win_{k}"],
+                    f"ratio_{k}_whole": med[f"captum_{k}"] / med[f"whole_{k}"],
+                    f"backward_gmac_{k}": m[k] / 1e9, f"backward_gmac_{k}_whole": m[f"{k}_whole"] / 1e9,
+                    f"floor_{k}_ms": m[k] / rate * 1e3, f"floor_{k}_whole_ms": m[f"{k}_whole"] / rate * 1e3})
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each measurement (medians)")
-    ap.add_argument("--layer", default="layer3.1")
+    ap.add_argument("--layers", default="layer3.1,layer1.1")
     ap.add_argument("--units", type=int, default=64, help="units in the batched call")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2, help="torch threads (0: torch's default)")
@@ -163,49 +215,18 @@ def main(argv=None) -> int:
     trace_s = time.perf_counter() - t0
     x = torch.randn(1, 3, a.size, a.size, generator=torch.Generator().manual_seed(0))
     rec = eng.forward(x)
-    act = rec.activations[a.layer]
-    units = [int(u) for u in act[0].flatten(1).amax(1).argsort(descending=True, stable=True)[:a.units]]
-    flat = act[0, units].flatten(1).argmax(1)
-    sel = [(u, int(f) // act.shape[-1], int(f) % act.shape[-1]) for u, f in zip(units, flat)]
-    value = [float(act[0, u, y, xx]) for u, y, xx in sel]
-    items = [(a.layer, u, None) for u in units]
-
-    theirs = copy.deepcopy(model)
-    for m in theirs.modules():
-        if isinstance(m, nn.ReLU):
-            m.inplace = False
-    ngb = NeuronGuidedBackprop(theirs, theirs.get_submodule(a.layer))
-
-    def captum(i):
-        return ngb.attribute(x, neuron_selector=sel[i])[0]
-
-    rel_err = error_vs_captum(eng.project_many(rec, items, method="guided"), captum, value)
-    if not rel_err < 1e-4:
-        print(f"{a.layer}: projections differ from Captum's (relative error {rel_err:.1e})", file=sys.stderr)
-        return 1
-
-    med = measure(runs_for(eng, rec, x, a.layer, units, items, captum), a.reps)
-
+    fwd_s = statistics.median(timed(lambda: eng.forward(x)) for _ in range(max(a.reps, 3)))
     fwd_macs = multiply_adds(eng, rec, None)
-    bwd_macs = multiply_adds(eng, rec, a.layer)
-    rate = fwd_macs / med["forward"]  # multiply-adds per second this machine reaches in the forward pass
-    floor_s = bwd_macs / rate
+    rate = fwd_macs / fwd_s  # multiply-adds per second this machine reaches in the forward pass
+    layers = [bench_layer(eng, model, rec, x, layer, a.units, a.reps, rate, NeuronGuidedBackprop)
+              for layer in a.layers.split(",")]
     result = {
         "bench": "graph",
         "model": f"resnet18, random He weights, random batch-norm statistics, {a.size} px, one image",
-        "layer": a.layer, "units": len(units), "method": "guided",
-        "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "method": "guided", "device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "reps": a.reps,
-        "load_average": os.getloadavg()[0], "trace_s": trace_s,
-        "forward_ms": med["forward"] * 1e3,
-        "ours_one_ms": med["ours_one"] * 1e3, "captum_one_ms": med["captum_one"] * 1e3,
-        "ratio_one": med["captum_one"] / med["ours_one"],
-        "ours_many_ms": med["ours_many"] * 1e3, "captum_many_ms": med["captum_many"] * 1e3,
-        "ratio_many": med["captum_many"] / med["ours_many"],
-        "forward_gmac": fwd_macs / 1e9, "backward_gmac_per_unit": bwd_macs / 1e9,
-        "gmac_per_s_forward": rate / 1e9,
-        "floor_one_ms": floor_s * 1e3, "floor_many_ms": floor_s * len(units) * 1e3,
-        "max_rel_err_vs_captum": rel_err,
+        "load_average": os.getloadavg()[0], "trace_s": trace_s, "forward_ms": fwd_s * 1e3,
+        "forward_gmac": fwd_macs / 1e9, "gmac_per_s_forward": rate / 1e9, "layers": layers,
         "targets": {"ratio_one": 2.0, "ratio_many": 3.0, "aim_one": 4.0, "aim_many": 8.0},
     }
     out = Path(a.out)

@@ -37,17 +37,19 @@ adaptive or global pools, gates, mean,  global from there down (as the receptive
 autograd rules, tuples)
 ======================================  ================================================================
 
-**The walk** (``walk``): the signal of each node lives in its planned window
-(or the whole map); a rule's output is moved into its input's window
-(``move``: a slice where the two forms share a scale, else a per-item copy).
-A window may stick out of its map at a border: the signal there is zero
-(transposed convs' padding rows are zeroed, ``_zero_outside``), and the record
-read under it is filled with zeros. Conv-transpose, unpool and mask do the same
-sums as on whole maps, restricted to the windows; ``GraphEngine`` keeps the
-unwindowed walk (``window=False``) and the tests compare the two.
+**The walk** (``walk``): at each node the forms become windows clipped to
+the map (``clip``: the largest clipped size over the batch, each item's window
+moved inside the map), so no rule computes over padding; items whose clipped
+windows have the same sizes at every node (``window_sizes``) run as one batch.
+A rule's output is moved into its input's windows (``move``: one slice where
+every item is offset alike, else a per-item copy; what a transposed conv puts
+on the padding is dropped there). Conv-transpose, unpool and masks do the
+same sums as on whole maps, restricted to the windows; ``GraphEngine`` keeps
+the whole-map walk (``window=False``) and the tests compare the two.
 
 ``walk`` counts what it touched (``Visit``: the elements of every signal it
-ran a rule on), so that a test can see the windows shrink the work.
+ran a rule on, the convs' multiply-adds), so that a test can see the windows
+shrink the work and the bench can state its floor.
 """
 
 from __future__ import annotations
