@@ -124,3 +124,50 @@ def test_unit_layer_and_step_out_of_range(client, image_id):
     assert r.status_code == 404 and r.json()["detail"] == "unknown step: 2 (this check has steps 0..1)"
     r = client.get(url(image_id, "conv1", 2) + "/-1/projection")
     assert r.status_code == 422 and r.json()["detail"].startswith("step: Input should be greater than or equal to 0")
+
+
+@pytest.fixture(scope="module")
+def graph_world(tmp_path_factory, sample_image):
+    """A torchvision resnet18 (random, seeded) registered at 64 px and served alone; its uploaded image."""
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from deconvlab.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("graph-sanity")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "rn.safetensors"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DECONVLAB_MODELS", str(tmp / "models"))
+        assert main(["register", "tiny-rn", "--arch", "torchvision:resnet18", "--weights",
+                     str(tmp / "rn.safetensors"), "--input-size", "64"]) == 0
+    settings = Settings(models=str(tmp / "models"), data_dir=str(tmp / "state"), data="", device="cpu",
+                        frontend_dir=str(tmp / "no-frontend"))
+    with TestClient(create_app(settings)) as c:
+        r = c.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
+        yield c, r.json()["image_id"], tmp / "models"
+
+
+def test_a_graph_net_answers_as_the_library_does(graph_world, sample_image):
+    from deconvlab.net import Net
+    from deconvlab.nets import resolve
+
+    c, iid, models = graph_world
+    net = c.app.state.deconvlab.models["tiny-rn"].net
+    before = {k: v.detach().clone() for k, v in net.module.state_dict().items()}
+    r = c.get(url(iid, "layer1.0", 5), params={"method": "guided", "model": "tiny-rn"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [s["randomized"] for s in body["steps"]] == [
+        [], ["layer1.0.conv2", "layer1.0.bn2"], ["layer1.0.conv2", "layer1.0.bn2", "layer1.0.conv1", "layer1.0.bn1"],
+        ["layer1.0.conv2", "layer1.0.bn2", "layer1.0.conv1", "layer1.0.bn1", "conv1", "bn1"]]
+    lib_net = Net(*resolve("tiny-rn", models))
+    lib = sanity.randomization(lib_net, lib_net.preprocess(sample_image), "layer1.0", 5, "guided")
+    for got, want in zip(body["steps"], lib.steps):
+        assert got["seed_value"] == pytest.approx(want.seed_value, rel=1e-5, abs=1e-7)
+        p = np.load(io.BytesIO(c.get(got["projection_url"] + "&format=npy").content), allow_pickle=False)
+        np.testing.assert_allclose(p, want.projection, rtol=1e-4, atol=1e-6)
+    after = net.module.state_dict()
+    assert all(torch_equal(after[k], before[k]) for k in before)
