@@ -94,6 +94,9 @@ number             how
 Errors: an unknown layer raises ``KeyError`` (``Net``'s); a bad method, mode,
 seed, unit or position ``ValueError("method: expected one of [...], got 'x'")``
 and the like.
+
+(Over 500 lines: this docstring's rule tables are a fifth of it, and the test,
+its metrics and its re-initialisation rules belong together.)
 """
 
 from __future__ import annotations
