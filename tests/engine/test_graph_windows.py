@@ -42,6 +42,7 @@ def assert_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
 
 
 def both_routes(eng, rec, items, method):
+    eng.whole_map_fraction = 1.0  # every point seed on windows, however large: the route under test
     win = eng.project_many(rec, items, method=method, window=True)
     visit = eng.last_visit
     whole = eng.project_many(rec, items, method=method, window=False)
@@ -145,6 +146,7 @@ def test_resnet18_windows_equal_whole_maps():
 def test_one_seeds_window_at_the_image_is_its_receptive_field():
     eng = GraphEngine(build("resnet18"), (3, 112, 112))
     geo = GraphGeometry(eng._gm, (112, 112), qualnames=eng._t.qualname)
+    eng.whole_map_fraction = 1.0  # windows even where they cover most of the maps
     rec = eng.forward(image(size=112))
     for layer, pos in (("layer1.1", (3, 20)), ("layer2.0.conv1", (0, 13)), ("layer1.0.relu", (27, 27)),
                        ("maxpool", (13, 0))):
@@ -170,3 +172,25 @@ def test_an_early_seed_touches_a_fraction_of_the_maps():
     sizes = {k: v for k, v in v_win.windows.items() if v is not None}
     assert sizes[eng.node_of("layer1.0.conv1")][2:] == (7, 7)  # three 3x3 convs above its output
     assert all(v is None for v in v_whole.windows.values())
+
+
+def test_seeds_whose_windows_cover_most_maps_walk_whole_maps():
+    """The default rule (``WHOLE_MAP_FRACTION``): a deep seed whose windows hold most of the
+    maps joins one whole-map batch, an early one keeps its windows; both equal whole maps."""
+    eng = GraphEngine(build("resnet18"), (3, 112, 112))
+    rec = eng.forward(image(size=112))
+    on = {layer: rec.activations[layer][0, :, y, x].argsort(descending=True)[:3].tolist()  # units on there
+          for layer, (y, x) in (("layer3.1", (2, 3)), ("layer1.1", (14, 14)))}
+    deep = [("layer3.1", u, (2, 3), 0) for u in on["layer3.1"]]
+    early = [("layer1.1", u, (14, 14), 0) for u in on["layer1.1"]]
+    for items, windowed in ((deep, False), (early, True)):
+        auto = eng.project_many(rec, items, method="guided")
+        used = any(v is not None for v in eng.last_visit.windows.values())
+        whole = eng.project_many(rec, items, method="guided", window=False)
+        assert used == windowed, (items[0][0], eng.last_visit.windows)
+        for k in range(len(items)):
+            assert_same(auto[k], whole[k], f"{items[k]}")
+    mixed = eng.project_many(rec, deep + early, method="deconv")
+    whole = eng.project_many(rec, deep + early, method="deconv", window=False)
+    for k, it in enumerate(deep + early):
+        assert_same(mixed[k], whole[k], f"mixed {it}")

@@ -128,6 +128,7 @@ class GraphEngine:
             raise ValueError(f"input_shape: expected (C, H, W) of positive ints, got {input_shape!r}")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.window = bool(window)  # point seeds walk windows (``graph_windows``); False: whole maps
+        self.whole_map_fraction = WHOLE_MAP_FRACTION  # windows above this share of the maps walk whole maps (1.0: never)
         self.last_visit: Visit | None = None  # what the last backward pass touched
         self._plans: dict = {}
         t = trace_model(module, self.input_shape)
@@ -292,11 +293,20 @@ class GraphEngine:
             self._plans[key] = (plan(self._order, node, self._rules, ctx, method), {})
         steps, sizes = self._plans[key]
         groups: dict[tuple, list[int]] = {}
+        dense: list[int] = []  # items whose windows cover most of the maps: one whole-map batch
         for k, yx in enumerate(zip(ys.tolist(), xs.tolist())):
             if yx not in sizes:
                 sizes[yx] = window_sizes(steps, rec.values, *yx)
-            groups.setdefault(sizes[yx], []).append(k)
+            if _window_fraction(steps, rec.values, sizes[yx]) > self.whole_map_fraction:
+                dense.append(k)
+            else:
+                groups.setdefault(sizes[yx], []).append(k)
         out = rec.input.new_zeros((K,) + tuple(rec.input.shape[1:]))
+        if dense:
+            sel = torch.tensor(dense, device=act.device)
+            seeds = seed_batch(act, n.index_select(0, sel), units.index_select(0, sel),
+                               [(int(ys[k]), int(xs[k])) for k in dense], "point")
+            out[sel] = self._walk(rec, start, seeds, n.index_select(0, sel), method)
         for ks in groups.values():
             sel = torch.tensor(ks, device=act.device)
             ctx = self._ctx(WindowCtx, rec, n.index_select(0, sel), method, start)
@@ -331,6 +341,30 @@ class GraphEngine:
         if result is None:  # the seed does not depend on the input (or is dead everywhere)
             return rec.input.new_zeros((len(n),) + tuple(rec.input.shape[1:]))
         return result
+
+
+# Windows pay where they are small. Items with different clipped windows batch apart, and each
+# windowed rule has a fixed cost of its own, so a seed whose windows still hold a good part of the
+# maps runs faster as one whole-map batch with the other items: resnet18 at 224 px, two threads
+# (bench/bench_graph.py, one run): a layer3.1 seed's windows hold 0.28 of the windowed maps'
+# elements (0.23 of the multiply-adds) and were slower than whole maps (1.4x against Captum with
+# windows, 3.7x on whole maps; 64 units 2.9x against 3.8x), while a layer1.1 seed's hold 0.07 and
+# windows win (35.6x against 4.4x; 64 units 54.8x against 7.7x). An item walks whole maps when its
+# windows hold more than this fraction of the windowed maps' elements.
+WHOLE_MAP_FRACTION = 0.2
+
+
+def _window_fraction(steps: dict, values: dict, sizes: tuple) -> float:
+    """The elements of one seed's windows over those of the whole maps, at the nodes a plan
+    windows (``sizes`` from ``window_sizes``; None there is a whole map)."""
+    part = whole = 0
+    names = [name for name, (f, _) in steps.items() if f is not None]
+    for name, hw in zip(names, sizes):
+        v = values[name]
+        c, H, W = (v.shape[1] if v.dim() == 4 else 1), v.shape[-2], v.shape[-1]
+        whole += c * H * W
+        part += c * (H * W if hw is None else hw[0] * hw[1])
+    return part / whole if whole else 1.0
 
 
 def _accumulate(old, new):
