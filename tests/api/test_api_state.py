@@ -149,3 +149,20 @@ def test_start_up_sweeps_what_a_killed_server_left(world, tmp_path, sample_image
         assert not any(p.exists() for p in leftovers)
         assert kept_image.exists() and kept_meta.exists() and fresh_tmp.exists()
     assert sweep(tmp_path) == [] and sweep(tmp_path / "nowhere") == []
+
+
+def test_start_up_bounds_every_folder_of_computed_results(world, tmp_path):
+    """Sanity checks and compare matrices left by an earlier server count against the same
+    bound as occlusions: at start-up the oldest goes first, whichever folder it is in."""
+    files = {}
+    for i, folder in enumerate(("sanity", "compare", "occlusions", "evolution")):
+        (tmp_path / folder).mkdir()
+        p = tmp_path / folder / f"r{i}.npz"
+        p.write_bytes(b"x" * 1000)
+        os.utime(p, (1000 + i, 1000 + i))  # sanity oldest, evolution newest
+        files[folder] = p
+    with TestClient(create_app(settings(world, tmp_path, disk_cache_bytes=2500))):
+        pass
+    left = [f for f, p in files.items() if p.exists()]
+    assert "sanity" not in left and "evolution" in left, left  # the oldest went, the newest stayed
+    assert len(left) == 2, left  # 4000 bytes in all against a bound of 2500: two entries had to go

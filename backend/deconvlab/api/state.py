@@ -78,7 +78,8 @@ class AppState:
         self.swept = sweep(root)  # what a killed server left (sweep.py)
         for path in self.swept:
             log.warning("start-up sweep: removed the leftover %s", path)
-        self.disk = DiskCache(root, settings.disk_cache_bytes, ("occlusions", "evolution"))
+        # every folder of computed results counts against one bound (the compare cache also keeps its own)
+        self.disk = DiskCache(root, settings.disk_cache_bytes, ("occlusions", "evolution", "sanity", "compare"))
         self.disk.enforce()
         self.occlusions = OcclusionStore(root / "occlusions", self.disk)
         self.evolutions = EvolutionCache(root / "evolution", settings.evolution_max_n, self.disk)
