@@ -180,8 +180,8 @@ def test_seeds_whose_windows_cover_most_maps_walk_whole_maps():
     eng = GraphEngine(build("resnet18"), (3, 112, 112))
     rec = eng.forward(image(size=112))
     on = {layer: rec.activations[layer][0, :, y, x].argsort(descending=True)[:3].tolist()  # units on there
-          for layer, (y, x) in (("layer3.1", (2, 3)), ("layer1.1", (14, 14)))}
-    deep = [("layer3.1", u, (2, 3), 0) for u in on["layer3.1"]]
+          for layer, (y, x) in (("layer3.0.conv1", (3, 3)), ("layer1.1", (14, 14)))}
+    deep = [("layer3.0.conv1", u, (3, 3), 0) for u in on["layer3.0.conv1"]]
     early = [("layer1.1", u, (14, 14), 0) for u in on["layer1.1"]]
     for items, windowed in ((deep, False), (early, True)):
         auto = eng.project_many(rec, items, method="guided")

@@ -343,15 +343,15 @@ class GraphEngine:
         return result
 
 
-# Windows pay where they are small. Items with different clipped windows batch apart, and each
-# windowed rule has a fixed cost of its own, so a seed whose windows still hold a good part of the
-# maps runs faster as one whole-map batch with the other items: resnet18 at 224 px, two threads
-# (bench/bench_graph.py, one run): a layer3.1 seed's windows hold 0.28 of the windowed maps'
-# elements (0.23 of the multiply-adds) and were slower than whole maps (1.4x against Captum with
-# windows, 3.7x on whole maps; 64 units 2.9x against 3.8x), while a layer1.1 seed's hold 0.07 and
-# windows win (35.6x against 4.4x; 64 units 54.8x against 7.7x). An item walks whole maps when its
-# windows hold more than this fraction of the windowed maps' elements.
-WHOLE_MAP_FRACTION = 0.2
+# Windows pay where they are small. Items with different clipped windows batch apart and each
+# windowed rule has a fixed cost of its own, so a seed whose windows hold most of the maps runs
+# as fast, or faster, as one whole-map batch with the other items. resnet18 at 224 px, two
+# threads (bench/bench_graph.py): a layer3.1 seed's windows hold 0.28 of the windowed maps'
+# elements (0.23 of the multiply-adds); on a quiet machine they were faster than whole maps for
+# one unit (80 against 124 ms) and even for 64, on a loaded one slower (427 against 160 ms); a
+# layer1.1 seed's windows hold 0.07 and always win (6 against 42 ms). A layer2.1 seed at 112 px
+# holds 0.46. An item walks whole maps when its windows hold more than this fraction.
+WHOLE_MAP_FRACTION = 0.5
 
 
 def _window_fraction(steps: dict, values: dict, sizes: tuple) -> float:
