@@ -24,7 +24,12 @@ export const SANITY_READING = 'Left to right, the weights are replaced by random
  */
 export const SANITY_FINDING = 'Published checks: guided backprop changes little when the weights are randomised while the plain gradient '
   + 'changes (Adebayo et al. 2018), and the deconvnet and guided backprop largely reconstruct the image through '
-  + 'the max-pool switches and ReLU masks, whatever the higher weights (Nie et al. 2018).';
+  + 'the max-pool switches and ReLU masks, whatever the higher weights (Nie et al. 2018). '
+  + 'On zfnet-imagenette (100 val images, models/analyses/sanity): with fc8 to fc6 random, guided backprop keeps a '
+  + 'rank correlation of 0.92 to 0.97 and the gradient falls to 0.69 at once, as the paper found; but with every layer '
+  + 'random guided backprop keeps only 0.57, so it does depend on the conv weights. In the deletion and insertion test '
+  + '(models/analyses/faithfulness) all three methods beat a random order and an edge map at conv2, conv5 and fc8, '
+  + 'and guided backprop and the deconvnet beat the gradient on insertion.';
 
 /** The groups a step randomised that the step before did not (its column's name). */
 export function newlyRandomised(steps, k) {
