@@ -13,25 +13,10 @@ from deconvlab import render
 from deconvlab.analyses import sanity
 from deconvlab.api import Settings, create_app
 from deconvlab.api.sanity_store import cached_sanity
-from test_api_routes import png_of
+from test_api_routes import client, image_id, png_of  # noqa: F401 (the served small models and one upload)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODEL = "zfnet-imagenette"
-
-
-@pytest.fixture(scope="module")
-def client(small_models_dir, tmp_path_factory):
-    settings = Settings(models=str(small_models_dir), data_dir=str(tmp_path_factory.mktemp("state")),
-                        data="", device="cpu", frontend_dir=str(tmp_path_factory.mktemp("no-frontend")))
-    with TestClient(create_app(settings)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def image_id(client, sample_image):
-    r = client.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
-    assert r.status_code == 201, r.text
-    return r.json()["image_id"]
 
 
 def url(image_id: str, layer: str, unit: int) -> str:

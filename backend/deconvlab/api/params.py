@@ -16,3 +16,19 @@ Rank = Annotated[int, Path(description="0 = the strongest")]
 def model_query(slot) -> str:
     """``?model=<id>``: the query that keeps a URL on ``slot``'s model."""
     return f"?model={slot.name}"
+
+
+def image_count(state, split, n: int | None, seed: int, default: int) -> int:
+    """``n`` and ``seed`` of a route that draws images from the data set: ``n`` (``default``
+    when absent) must lie in 1..min(the split's size, DECONVLAB_EVOLUTION_MAX_N), ``seed`` be
+    non-negative; else a 422 that says so."""
+    from .errors import Unprocessable, echo
+
+    top = min(len(split), state.settings.evolution_max_n)
+    n = min(default, top) if n is None else n
+    if not 1 <= n <= top:
+        raise Unprocessable(f"n: expected 1..{top} (the data set's images, at most DECONVLAB_EVOLUTION_MAX_N), "
+                            f"got {echo(n)}")
+    if seed < 0:
+        raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
+    return n

@@ -21,8 +21,8 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from ..deps import Model, Split, State
-from ..errors import Unprocessable, echo, library_errors
-from ..params import Layer, Unit, model_query
+from ..errors import echo, library_errors
+from ..params import Layer, Unit, image_count, model_query
 from ..png import PNG_HEADERS, png_bytes
 
 router = APIRouter(tags=["analyses"])
@@ -52,23 +52,12 @@ class Evolution(BaseModel):
     snapshots: list[EvolutionSnapshot]
 
 
-def _subset(state, split, n: int | None, seed: int) -> int:
-    top = min(len(split), state.settings.evolution_max_n)
-    n = min(DEFAULT_N, top) if n is None else n
-    if not 1 <= n <= top:
-        raise Unprocessable(f"n: expected 1..{top} (the data set's images, at most DECONVLAB_EVOLUTION_MAX_N), "
-                            f"got {echo(n)}")
-    if seed < 0:
-        raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
-    return n
-
-
 @router.get("/layers/{layer}/units/{unit}/evolution", response_model=Evolution)
 async def evolution(request: Request, state: State, slot: Model, split: Split, layer: Layer, unit: Unit,
                     n: N = None, seed: Seed = 0) -> Evolution:
     """Fig. 4: the unit's strongest activation over ``n`` data-set images at each training snapshot."""
     slot.unit(layer, unit)
-    n = _subset(state, split, n, seed)
+    n = image_count(state, split, n, seed, DEFAULT_N)
     _, view = await state.evolutions.get(state, slot, n, seed, request)
     with library_errors():
         steps = view.unit(layer, unit)
@@ -87,7 +76,7 @@ async def evolution_png(request: Request, state: State, slot: Model, split: Spli
                         n: N = None, seed: Seed = 0) -> Response:
     """The deconvnet projection of the unit's strongest activation at ``epoch``, cropped to its receptive field."""
     slot.unit(layer, unit)
-    n = _subset(state, split, n, seed)
+    n = image_count(state, split, n, seed, DEFAULT_N)
     scan, view = await state.evolutions.get(state, slot, n, seed, request)
     body = scan.png.get((n, layer, unit, epoch))
     if body is None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from ..compare_cache import cache_of, subset
 from ..deps import Image, Model, Split, State
 from ..errors import Unprocessable, echo, library_errors
-from ..params import Layer, Unit, model_query
+from ..params import Layer, Unit, image_count, model_query
 from ..png import PNG_HEADERS, heat_map_png, projection_png
 from ..runner import check_cancelled
 
@@ -95,17 +95,6 @@ class CKAOut(BaseModel):
     cka: list[list[float | None]] = Field(description="rows: layers; columns: other_layers; null where a layer "
                                                       "is constant over the images")
     features: str
-
-
-def _n(state, split, n: int | None, seed: int) -> int:
-    top = min(len(split), state.settings.evolution_max_n)
-    n = min(DEFAULT_N, top) if n is None else n
-    if not 1 <= n <= top:
-        raise Unprocessable(f"n: expected 1..{top} (the data set's images, at most DECONVLAB_EVOLUTION_MAX_N), "
-                            f"got {echo(n)}")
-    if seed < 0:
-        raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
-    return n
 
 
 @router.get("/compare/targets", response_model=Targets)
@@ -181,7 +170,7 @@ async def matches(request: Request, state: State, slot: Model, split: Split, img
     from ...analyses.compare import best_matches, top_matches
 
     slot.unit(layer, unit)
-    n = _n(state, split, n, seed)
+    n = image_count(state, split, n, seed, DEFAULT_N)
     o = await cache_of(state).other(state, other, epoch)
     lb = _other_layer(slot, layer, o, other_layer)
     channels = o.layer(lb)["channels"]
@@ -246,7 +235,7 @@ def _layers(text: str | None, info: list[dict], what: str) -> list[str] | None:
 async def _cka(request, state, slot, split, other, epoch, n, seed, layers, other_layers):
     from ...analyses import compare
 
-    n = _n(state, split, n, seed)
+    n = image_count(state, split, n, seed, DEFAULT_N)
     o = await cache_of(state).other(state, other, epoch)
     la = _layers(layers, slot.info, "layers") or compare.default_layers(slot.net)
     lb = _layers(other_layers, o.info, "other_layers") or compare.default_layers(o.net)
