@@ -113,6 +113,11 @@ class EvolutionCache:
         self._scans.move_to_end(key)
         return scan
 
+    def views(self, model: str) -> list:
+        """Every Evolution already scanned for ``model`` (any seed and ``n``); starts none."""
+        return [v for (name, _), scan in list(self._scans.items()) if name == model
+                for v in list(scan.views.values())]
+
     async def get(self, state, slot, n: int, seed: int, request=None):
         """The Evolution of ``slot``'s snapshots over the first ``n`` images of ``seed``'s order."""
         scan = self._entry(state, slot, seed)

@@ -32,3 +32,18 @@ def image_count(state, split, n: int | None, seed: int, default: int) -> int:
     if seed < 0:
         raise Unprocessable(f"seed: expected a non-negative integer, got {echo(seed)}")
     return n
+
+
+def seed_position(d: dict, y: int | None, x: int | None) -> tuple[int, int] | None:
+    """The point seed's (y, x) from the query, checked against the layer's map ``d`` (a
+    ``layer_info`` entry); a 422 otherwise."""
+    from .errors import Unprocessable, echo
+
+    if (y is None) != (x is None):
+        raise Unprocessable(f"position: expected both y and x, or neither, got y={echo(y)}, x={echo(x)}")
+    if y is not None and d["kind"] == "conv":
+        _, H, W = d["shape"]
+        if not (0 <= y < H and 0 <= x < W):
+            raise Unprocessable(f"position: expected y in 0..{H - 1} and x in 0..{W - 1} for layer {d['name']}, "
+                                f"got ({echo(y)}, {echo(x)})")
+    return None if y is None else (y, x)

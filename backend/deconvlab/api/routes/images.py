@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from ..deps import Image, Model, State
 from ..errors import Unprocessable, echo
-from ..params import Layer, Unit, model_query
+from ..params import Layer, Unit, model_query, seed_position
 from ..png import PNG_HEADERS, feature_map_png, png_bytes, projection_png
 from ..records import forward_record, projection as cached_projection
 from ..schemas import ImageInfo, LayerSummary, Predictions, UnitDetail, UnitSummary
@@ -113,18 +113,6 @@ async def unit_map(state: State, slot: Model, img: Image, layer: Layer, unit: Un
     return Response(await state.runner.run(work), media_type="image/png", headers=PNG_HEADERS)
 
 
-def _position(d: dict, y: int | None, x: int | None) -> tuple[int, int] | None:
-    """The point seed's (y, x) from the query, checked against the layer's map (422 otherwise)."""
-    if (y is None) != (x is None):
-        raise Unprocessable(f"position: expected both y and x, or neither, got y={echo(y)}, x={echo(x)}")
-    if y is not None and d["kind"] == "conv":
-        _, H, W = d["shape"]
-        if not (0 <= y < H and 0 <= x < W):
-            raise Unprocessable(f"position: expected y in 0..{H - 1} and x in 0..{W - 1} for layer {d['name']}, "
-                                f"got ({echo(y)}, {echo(x)})")
-    return None if y is None else (y, x)
-
-
 @router.get("/images/{image_id}/layers/{layer}/units/{unit}/projection", response_class=Response,
             responses={200: {"content": {"image/png": {}, "application/octet-stream": {}},
                              "description": "PNG, or the raw float32 3xHxW array as .npy; point seeds "
@@ -136,7 +124,7 @@ async def projection(state: State, slot: Model, img: Image, layer: Layer, unit: 
                      x: Annotated[int | None, Query()] = None,
                      format: Literal["png", "npy"] = "png") -> Response:
     """The unit's projection to input space (Sec. 2.1): deconvnet, guided backprop or gradient."""
-    position = _position(slot.unit(layer, unit), y, x)
+    position = seed_position(slot.unit(layer, unit), y, x)
 
     def work():
         p, box = cached_projection(state, slot, img, layer, unit, method, seed, position)

@@ -32,9 +32,8 @@ from fastapi.responses import HTMLResponse
 
 from ..deps import Image, Model, State
 from ..errors import library_errors
-from ..params import Layer, Unit
+from ..params import Layer, Unit, seed_position
 from ..records import forward_record, projection as cached_projection
-from .images import _position
 
 router = APIRouter(tags=["images"])
 
@@ -62,7 +61,7 @@ def stored_occlusions(state, model: str, image_id: str, layer: str, unit: int) -
 
 def cached_evolution(state, slot):
     """The Evolution of the largest ``n`` the server has scanned for this model (any seed), or
-    ``(None, why)``. Reads the cache's scans (``EvolutionCache._scans``) and starts none."""
+    ``(None, why)``. Reads the cache's scans (``EvolutionCache.views``) and starts none."""
     from ...analyses.evolution import snapshot_paths
 
     try:
@@ -71,8 +70,7 @@ def cached_evolution(state, slot):
         return None, f"no training snapshots for model {slot.name!r}"
     if state.split is None:
         return None, "the server has no data set to scan the training snapshots over (DECONVLAB_DATA)"
-    views = [v for (name, _), scan in list(state.evolutions._scans.items()) if name == slot.name
-             for v in list(scan.views.values())]
+    views = state.evolutions.views(slot.name)
     if not views:
         return None, ("not scanned on this server yet (GET /api/layers/{layer}/units/{unit}/evolution "
                       "scans the snapshots)")
@@ -136,7 +134,7 @@ async def report_html(request: Request, state: State, slot: Model, img: Image, l
                       ) -> HTMLResponse:
     """The unit's page: input, the three projections, feature map, top-9, evolution, occlusion and
     sanity when the server has them, and a provenance block; one file with every image inline."""
-    position = _position(slot.unit(layer, unit), y, x)
+    position = seed_position(slot.unit(layer, unit), y, x)
     evolution = cached_evolution(state, slot)
     body = await state.runner.run(_build, state, slot, img, layer, unit, method, seed, position, evolution,
                                   cost=10, request=request)
