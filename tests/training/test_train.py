@@ -194,6 +194,22 @@ def test_publish_registers_the_run_with_a_card(tiny_data, tmp_path, monkeypatch)
     assert f"Val top-1: {card['val_top1'] * 100:.2f}%" in text and "deconvlab train ..." in text
 
 
+def test_publishing_again_replaces_the_snapshots_of_the_model_published_before(tiny_data, tmp_path, monkeypatch):
+    """A second, longer run published under the same name keeps none of the first run's snapshots:
+    its last epoch (here 2) would otherwise stay beside the new one and in the card's checksums."""
+    from deconvlab.training.modelcard import publish
+
+    monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path / "models"))
+    train(tiny_config(tiny_data, tmp_path / "a", epochs=2, sizes="", snapshots="1"))
+    publish(tmp_path / "a", "tiny", progress=False)
+    train(tiny_config(tiny_data, tmp_path / "b", epochs=3, sizes="", snapshots="1"))
+    card = publish(tmp_path / "b", "tiny", progress=False)
+    on_disk = sorted(p.name for p in (tmp_path / "models" / "tiny" / "snapshots").iterdir())
+    assert on_disk == ["epoch-001.safetensors", "epoch-003.safetensors"]
+    assert set(card["sha256"]) == {"model.safetensors", "snapshots/epoch-001.safetensors",
+                                   "snapshots/epoch-003.safetensors"}
+
+
 def test_resnet18_arch_trains_and_exports_a_checkpoint_that_loads_back(tiny_data, tmp_path):
     """``--arch resnet18``: torchvision's topology at half width trains, keeps its batch norm
     (not folded), and its exported checkpoint rebuilds to the same function."""

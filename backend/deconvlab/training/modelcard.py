@@ -49,7 +49,11 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
         save_checkpoint(dest / "model.safetensors", model, meta, half=half)
     else:
         shutil.copy2(run / "model.safetensors", dest / "model.safetensors")
-    for snap in sorted((run / "snapshots").glob("epoch-*.safetensors")):
+    snaps = sorted((run / "snapshots").glob("epoch-*.safetensors"))
+    for stale in (dest / "snapshots").glob("epoch-*.safetensors"):  # a model published here before
+        if stale.name not in {s.name for s in snaps}:
+            stale.unlink()
+    for snap in snaps:
         shutil.copy2(snap, dest / "snapshots" / snap.name)
     register(name, {"checkpoint": f"{name}/model.safetensors", "snapshots": f"{name}/snapshots",
                     "card": f"{name}/MODEL_CARD.md"}, root, default=default)
