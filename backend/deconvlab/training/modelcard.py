@@ -141,8 +141,7 @@ def render_card(c: dict) -> str:
         f"- Seed {r['seed']}; snapshots at epochs {r['snapshots']} and the last (for feature evolution).",
         "",
         "## Result",
-        f"- Wall time of the training epochs: {c['wall_time_s'] / 60:.1f} min on this project's 2-core CPU machine"
-        " (shared with other work while it ran).",
+        f"- Wall time of the training epochs: {c['wall_time_s'] / 60:.1f} min on this project's 2-core CPU machine.",
         f"- Val top-1: {c['val_top1'] * 100:.2f}%, at {c.get('served_input_size', r['input_size'])} px "
         f"(the size the model is served at; trained at up to {r['input_size']} px).",
         "",
