@@ -159,6 +159,26 @@ def test_kill_and_resume_continues_at_the_right_epoch_with_the_same_state(tiny_d
         torch.testing.assert_close(sb["momentum_buffer"], sa["momentum_buffer"], rtol=1e-5, atol=1e-6)
 
 
+def test_prefetching_the_next_batch_in_a_thread_changes_no_number(tiny_data, tmp_path):
+    """``prefetch`` crops batch i+1 in a second thread while the model trains on batch i. The
+    crops draw from the run's generator; the run with prefetch must end with the same weights,
+    momentum and generator state as the run without, so the thread reorders no draw."""
+    runs = {}
+    for prefetch in (False, True):
+        out = tmp_path / f"prefetch-{prefetch}"
+        train(tiny_config(tiny_data, out, epochs=2, sizes="48:0.5", snapshots="", prefetch=prefetch))
+        runs[prefetch] = torch.load(out / "last.pt", weights_only=True)
+    a, b = runs[False], runs[True]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert torch.equal(a["generator"], b["generator"])
+    assert [r["train_loss"] for r in read_metrics(tmp_path / "prefetch-False")] == \
+        [r["train_loss"] for r in read_metrics(tmp_path / "prefetch-True")]
+
+
 def test_resume_refuses_a_different_recipe(tiny_data, tmp_path):
     out = tmp_path / "run"
     train(tiny_config(tiny_data, out, epochs=1, sizes="", snapshots=""))
