@@ -103,29 +103,32 @@ def test_fc_layer_ranks_its_values(tiny):
     assert all(u.position is None and u.box == (0, 0, S - 1, S - 1) for u in got.units)
 
 
-def test_paper_net_against_every_positions_field():
+def _paper_net():
     cfg = ZFNetConfig(num_classes=4, width=0.125, fc_size=16, norm="none", input_size=96)
     meta = ModelMeta(arch="zfnet", config=cfg.to_dict(), classes=list("abcd"), input_size=96, name="zf")
     net = Net(he_init(zfnet(cfg), 0).eval(), meta)
-    rec = net.forward(torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)))
-    for layer, box in (("conv1", (10, 40, 30, 41)), ("conv3", (50, 3, 90, 60)), ("conv5", (0, 0, 8, 8))):
-        act = net.activation(rec, layer)[0].numpy()
-        keep, overlap, want = brute(act, lambda y, x: net.receptive_field(layer, y, x), box, k=10)
-        got = region.rank_units(net, rec, layer, box, k=10)
-        assert (got.positions, got.overlap) == (keep, overlap), layer
-        assert [(u.unit, u.position) for u in got.units] == [(u, p) for u, _, p in want], layer
+    return net, net.forward(torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(2)))
 
 
-def test_graph_resnet_against_every_positions_field():
+def _graph_resnet():
     import torchvision
 
     torch.manual_seed(0)
     net = Net.from_module(torchvision.models.resnet18(weights=None, num_classes=5).eval(), input_size=64)
-    rec = net.forward(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4)))
-    for layer, box in (("layer1.0", (3, 30, 20, 44)), ("layer3.1", (40, 40, 64, 64)), ("layer2.0.add", (0, 0, 9, 60))):
+    return net, net.forward(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4)))
+
+
+@pytest.mark.parametrize("build, cases, k", [
+    (_paper_net, (("conv1", (10, 40, 30, 41)), ("conv3", (50, 3, 90, 60)), ("conv5", (0, 0, 8, 8))), 10),
+    (_graph_resnet, (("layer1.0", (3, 30, 20, 44)), ("layer3.1", (40, 40, 64, 64)),
+                     ("layer2.0.add", (0, 0, 9, 60))), 6),
+], ids=["paper-net", "graph-resnet"])
+def test_rank_units_against_every_positions_field(build, cases, k):
+    net, rec = build()
+    for layer, box in cases:
         act = net.activation(rec, layer)[0].numpy()
-        keep, overlap, want = brute(act, lambda y, x: net.receptive_field(layer, y, x), box, k=6)
-        got = region.rank_units(net, rec, layer, box, k=6)
+        keep, overlap, want = brute(act, lambda y, x: net.receptive_field(layer, y, x), box, k=k)
+        got = region.rank_units(net, rec, layer, box, k=k)
         assert (got.positions, got.overlap) == (keep, overlap), layer
         assert [(u.unit, u.position) for u in got.units] == [(u, p) for u, _, p in want], layer
 

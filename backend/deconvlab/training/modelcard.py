@@ -50,8 +50,9 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
     else:
         shutil.copy2(run / "model.safetensors", dest / "model.safetensors")
     snaps = sorted((run / "snapshots").glob("epoch-*.safetensors"))
+    names = {s.name for s in snaps}
     for stale in (dest / "snapshots").glob("epoch-*.safetensors"):  # a model published here before
-        if stale.name not in {s.name for s in snaps}:
+        if stale.name not in names:
             stale.unlink()
     for snap in snaps:
         shutil.copy2(snap, dest / "snapshots" / snap.name)
