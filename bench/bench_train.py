@@ -32,14 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _epoch_s(data: str, out: Path, args, prefetch: bool) -> float:
-    from deconvlab.training.train import TrainConfig, train
+    from deconvlab.training.train import TrainConfig, read_metrics, train
 
     cfg = TrainConfig(data=data, arch=args.arch, width=args.width, out=str(out), epochs=2, batch_size=64,
                       input_size=args.size, sizes="", renorm_rms=0, snapshots="", limit=args.images,
                       val_limit=64, threads=args.threads, progress=False, prefetch=prefetch, seed=0)
     train(cfg)
-    log = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    return log[-1]["epoch_s"]
+    return read_metrics(out)[-1]["epoch_s"]
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from deconvlab.nets import ZFNetConfig, fold_batchnorm, load_checkpoint, zfnet
-from deconvlab.training.train import TrainConfig, filter_rms, renormalise_filters, train
+from deconvlab.training.train import TrainConfig, filter_rms, read_metrics, renormalise_filters, train
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
@@ -54,10 +54,6 @@ def tiny_config(data: Path, out: Path, **kw) -> TrainConfig:
                 half_snapshots=False)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def read_metrics(out: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
 
 
 def test_renormalise_filters_caps_rms_at_threshold():

@@ -29,13 +29,12 @@ Assumptions, stated once:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..training.train import TrainConfig
+from ..training.train import TrainConfig, read_metrics
 from .report import write_report
 
 # name -> (what it changes, overrides). The paper's Table 3 rows, at our scale.
@@ -67,8 +66,7 @@ def variant_config(base: TrainConfig, name: str, out: str | Path) -> TrainConfig
     return replace(base, out=str(out), **over)
 
 
-def _last_metrics(out: Path) -> tuple[dict, dict]:
-    log = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+def _last_metrics(out: Path, log: list[dict]) -> tuple[dict, dict]:
     if not log:
         raise ValueError(f"{out}: the run wrote no epochs")
     with_val = [r for r in log if "val_top1" in r]
@@ -101,8 +99,8 @@ def ablation(base: TrainConfig, variants: Sequence[str] = DEFAULT_VARIANTS, out:
         cfg = variant_config(base, name, out / name)
         t0 = time.time()
         train(cfg)
-        last, val = _last_metrics(out / name)
-        log = [json.loads(ln) for ln in (out / name / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+        log = read_metrics(out / name)
+        last, val = _last_metrics(out / name, log)
         rows.append({
             "variant": name, "description": VARIANTS[name][0],
             "val_top1": val.get("val_top1"), "val_error": None if "val_top1" not in val else 1 - val["val_top1"],

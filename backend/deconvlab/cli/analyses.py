@@ -247,12 +247,12 @@ def _pretrain(args, base, root: str, work: Path, classes: list[str]) -> tuple[st
     """Train the source model on ``classes`` (a finished run in ``work`` is reused, not trained again):
     its checkpoint and what the numbers file says of it."""
     from ..analyses.transfer import make_view
-    from ..training.train import train
+    from ..training.train import read_metrics, train
 
     view = make_view(root, work / "source", classes)
     cfg = dataclasses.replace(base, data=str(view), out=str(work / "pretrain"), progress=args.progress)
     model = train(cfg)["checkpoint"]
-    log = [json.loads(ln) for ln in (work / "pretrain" / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    log = read_metrics(work / "pretrain")
     return model, {"classes": classes, "val_top1": [r for r in log if "val_top1" in r][-1]["val_top1"],
                    "wall_s": round(sum(r["epoch_s"] for r in log), 1),
                    "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("data", "out", "progress")}}

@@ -18,6 +18,7 @@ import torch
 from .._util import atomic_json
 from ..data import file_digest
 from .evaluate import evaluate_model
+from .train import read_metrics
 from ..nets import load_checkpoint, models_dir, save_checkpoint
 
 
@@ -60,7 +61,7 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
                     "card": f"{name}/MODEL_CARD.md"}, root, default=default)
     _, meta = load_checkpoint(dest / "model.safetensors")
     config = json.loads((run / "config.json").read_text())
-    log = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    log = read_metrics(run)
     ev = evaluate_model(str(dest / "model.safetensors"), data=data or config["data"], split="val",
                         progress=progress)
     files = sorted(p for p in dest.rglob("*.safetensors"))

@@ -98,6 +98,12 @@ class TrainConfig:
         return s | {self.epochs}
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch records of a run's ``metrics.jsonl`` (one JSON object per epoch), in order."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(ln) for ln in lines if ln.strip()]
+
+
 @torch.no_grad()
 def renormalise_filters(model: nn.Module, max_rms: float = 0.1) -> None:
     """Scale every conv filter whose RMS exceeds ``max_rms`` back to ``max_rms`` (Sec. 3 of the paper)."""
