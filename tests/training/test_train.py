@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 
 from deconvlab.nets import ZFNetConfig, fold_batchnorm, load_checkpoint, zfnet
-from deconvlab.training.train import TrainConfig, filter_rms, read_metrics, renormalise_filters, train
+from deconvlab.training.train import (TrainConfig, filter_rms, one_cycle, read_metrics, renormalise_filters,
+                                      train)
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
@@ -182,6 +183,48 @@ def test_resume_refuses_a_different_recipe(tiny_data, tmp_path):
         train(tiny_config(tiny_data, out, epochs=2, sizes="", snapshots=""))
 
 
+def _rates(sched: torch.optim.lr_scheduler.OneCycleLR, steps: int) -> list[float]:
+    """The learning rate of each of the ``steps`` SGD steps, as the training loop uses them."""
+    rates = [sched.get_last_lr()[0]]
+    for _ in range(steps - 1):
+        sched.optimizer.step()  # no gradients: changes nothing, keeps torch's step order
+        sched.step()
+        rates.append(sched.get_last_lr()[0])
+    return rates
+
+
+def _optimiser() -> torch.optim.SGD:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+
+
+def test_one_cycle_is_torchs_schedule_at_real_lengths_and_defined_at_every_short_one():
+    # the case it exists for: torch's own schedule divides by a warm-up phase of zero length
+    with pytest.raises(ZeroDivisionError):
+        torch.optim.lr_scheduler.OneCycleLR(_optimiser(), max_lr=0.1, total_steps=4, pct_start=0.25)
+    for warmup in (0.0, 0.1, 0.25, 0.5, 1.0):
+        for steps in range(4, 41):
+            rates = _rates(one_cycle(_optimiser(), 0.1, warmup, steps), steps)
+            assert all(0 < r <= 0.1 + 1e-12 for r in rates), (warmup, steps, rates)
+            assert rates[0] == pytest.approx(0.1 / 25) and rates[-1] == pytest.approx(0.1 / 25e3)
+            peak = rates.index(max(rates))
+            assert 1 <= peak <= steps - 2 and max(rates) > 0.05, (warmup, steps, rates)  # it rises, then falls
+            if 2 <= warmup * steps <= steps - 1.5:  # every real run: exactly torch's schedule, unchanged
+                ref = torch.optim.lr_scheduler.OneCycleLR(_optimiser(), max_lr=0.1, total_steps=steps,
+                                                          pct_start=warmup, div_factor=25, final_div_factor=1e3)
+                assert rates == _rates(ref, steps)
+    with pytest.raises(ValueError, match="expected at least 4 SGD steps .*got 3"):
+        one_cycle(_optimiser(), 0.1, 0.25, 3)
+
+
+def test_train_refuses_fewer_than_four_steps_with_the_numbers(tiny_data, tmp_path):
+    # two epochs of batch 20: 39 images are one step an epoch (2 in all), 40 are two (4 in all, the least)
+    with pytest.raises(ValueError, match=r"expected at least 4 SGD steps .*got 2 x 39 // 20 = 2"):
+        train(tiny_config(tiny_data, tmp_path / "a", epochs=2, limit=39, sizes="", snapshots=""))
+    assert not (tmp_path / "a" / "metrics.jsonl").exists()  # refused before anything was written
+    res = train(tiny_config(tiny_data, tmp_path / "b", epochs=2, limit=40, sizes="", snapshots=""))
+    assert [m["epoch"] for m in read_metrics(tmp_path / "b")] == [1, 2] and Path(res["checkpoint"]).is_file()
+
+
 def test_size_schedule_and_snapshot_epochs():
     cfg = TrainConfig(epochs=16, sizes="128:0.5,160:0.25", input_size=224, snapshots="1,2,5,10,20")
     assert [cfg.size_at(e) for e in range(16)] == [128] * 8 + [160] * 4 + [224] * 4
@@ -218,8 +261,15 @@ def test_publishing_again_replaces_the_snapshots_of_the_model_published_before(t
     monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path / "models"))
     train(tiny_config(tiny_data, tmp_path / "a", epochs=2, sizes="", snapshots="1"))
     publish(tmp_path / "a", "tiny", progress=False)
-    train(tiny_config(tiny_data, tmp_path / "b", epochs=3, sizes="", snapshots="1"))
+    text = (tmp_path / "models" / "tiny" / "MODEL_CARD.md").read_text()
+    assert "| val top-1 | epoch time (s) |" in text and "subset" not in text
+    # the second run evaluates its epochs on 10 val images (--val-limit); the card says so
+    train(tiny_config(tiny_data, tmp_path / "b", epochs=3, sizes="", snapshots="1", val_limit=10))
     card = publish(tmp_path / "b", "tiny", progress=False)
+    text = (tmp_path / "models" / "tiny" / "MODEL_CARD.md").read_text()
+    assert "| val top-1 (subset) |" in text and "on a fixed random 10 of the val images" in text
+    assert all(round(e["val_top1"] * 10, 9).is_integer() for e in card["epochs"] if "val_top1" in e)
+    assert card["val_images"] == 36  # the card's own figure is on all of them
     on_disk = sorted(p.name for p in (tmp_path / "models" / "tiny" / "snapshots").iterdir())
     assert on_disk == ["epoch-001.safetensors", "epoch-003.safetensors"]
     assert set(card["sha256"]) == {"model.safetensors", "snapshots/epoch-001.safetensors",

@@ -146,8 +146,12 @@ def render_card(c: dict) -> str:
         f"- Wall time of the training epochs: {c['wall_time_s'] / 60:.1f} min on this project's 2-core CPU machine.",
         f"- Val top-1: {c['val_top1'] * 100:.2f}%, at {c.get('served_input_size', r['input_size'])} px "
         f"(the size the model is served at; trained at up to {r['input_size']} px).",
+        *([f"- The val top-1 of the epochs below is on a fixed random {r['val_limit']} of the val images "
+           f"(`--val-limit`), at the training size; the figure above is on all of them."]
+          if r.get("val_limit") else []),
         "",
-        "| epoch | size | train loss | train acc | val top-1 | epoch time (s) |",
+        f"| epoch | size | train loss | train acc | val top-1{' (subset)' if r.get('val_limit') else ''} "
+        "| epoch time (s) |",
         "|---|---|---|---|---|---|",
     ]
     for e in c["epochs"]:
