@@ -41,14 +41,19 @@ def _epoch_s(data: str, out: Path, args, prefetch: bool) -> float:
     return read_metrics(out)[-1]["epoch_s"]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_epoch_args(ap: argparse.ArgumentParser) -> None:
+    """The options of the timed epoch (``_epoch_s``), shared with ``bench_train_omp.py``."""
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--size", type=int, default=160)
-    ap.add_argument("--images", type=int, default=640, help="training images (steps = images / 64)")
+    ap.add_argument("--images", type=int, default=640, help="training images (steps = images / 64; at least 128)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_epoch_args(ap)
     args = ap.parse_args(argv)
     data = os.environ.get("DECONVLAB_DATA", "")
     if not (data and (Path(data) / "train").is_dir()):

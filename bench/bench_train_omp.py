@@ -47,6 +47,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_train import _epoch_s, add_epoch_args  # noqa: E402  (the same timed epoch and its options)
 
 VARIANTS = {  # name: (environment to set, prefetch)
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, True),
@@ -61,9 +63,6 @@ CLEARED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 def _child(args) -> int:
     """One measurement in this process, under the environment it was started with."""
-    sys.path.insert(0, str(HERE))
-    from bench_train import _epoch_s
-
     with tempfile.TemporaryDirectory() as tmp:
         t = _epoch_s(os.environ["DECONVLAB_DATA"], Path(tmp) / "run", args, args.prefetch == "on")
     print(json.dumps({"epoch_s": t}))
@@ -82,12 +81,7 @@ def _measure(name: str, args) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--width", type=float, default=0.5)
-    ap.add_argument("--size", type=int, default=160)
-    ap.add_argument("--images", type=int, default=640, help="training images (steps = images / 64)")
-    ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    add_epoch_args(ap)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"some of {','.join(VARIANTS)}")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--prefetch", choices=("on", "off"), default="on", help=argparse.SUPPRESS)
