@@ -46,7 +46,7 @@ def add_epoch_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--width", type=float, default=0.5)
     ap.add_argument("--size", type=int, default=160)
-    ap.add_argument("--images", type=int, default=640, help="training images (steps = images / 64; at least 128)")
+    ap.add_argument("--images", type=int, default=640, help="training images (steps = images / 64; at least 64)")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
 

@@ -202,6 +202,10 @@ def test_one_cycle_is_torchs_schedule_at_real_lengths_and_defined_at_every_short
     with pytest.raises(ZeroDivisionError):
         torch.optim.lr_scheduler.OneCycleLR(_optimiser(), max_lr=0.1, total_steps=4, pct_start=0.25)
     for warmup in (0.0, 0.1, 0.25, 0.5, 1.0):
+        for steps in range(1, 4):  # a smoke test's few steps: defined, no warm-up, falling to the floor
+            rates = _rates(one_cycle(_optimiser(), 0.1, warmup, steps), steps)
+            assert all(0 < r <= 0.1 + 1e-12 for r in rates) and rates == sorted(rates, reverse=True)
+            assert rates[-1] == pytest.approx(0.1 / 25e3), (warmup, steps, rates)
         for steps in range(4, 41):
             rates = _rates(one_cycle(_optimiser(), 0.1, warmup, steps), steps)
             assert all(0 < r <= 0.1 + 1e-12 for r in rates), (warmup, steps, rates)
@@ -212,17 +216,18 @@ def test_one_cycle_is_torchs_schedule_at_real_lengths_and_defined_at_every_short
                 ref = torch.optim.lr_scheduler.OneCycleLR(_optimiser(), max_lr=0.1, total_steps=steps,
                                                           pct_start=warmup, div_factor=25, final_div_factor=1e3)
                 assert rates == _rates(ref, steps)
-    with pytest.raises(ValueError, match="expected at least 4 SGD steps .*got 3"):
-        one_cycle(_optimiser(), 0.1, 0.25, 3)
+    with pytest.raises(ValueError, match="expected at least 1 SGD step, got 0"):
+        one_cycle(_optimiser(), 0.1, 0.25, 0)
 
 
-def test_train_refuses_fewer_than_four_steps_with_the_numbers(tiny_data, tmp_path):
-    # two epochs of batch 20: 39 images are one step an epoch (2 in all), 40 are two (4 in all, the least)
-    with pytest.raises(ValueError, match=r"expected at least 4 SGD steps .*got 2 x 39 // 20 = 2"):
-        train(tiny_config(tiny_data, tmp_path / "a", epochs=2, limit=39, sizes="", snapshots=""))
+def test_train_refuses_fewer_images_than_one_batch(tiny_data, tmp_path):
+    # batch 20: 19 images are no step at all (it trained nothing before, and said nothing); 20 are one
+    with pytest.raises(ValueError, match=r"expected at least batch_size=20 training images .*got 19"):
+        train(tiny_config(tiny_data, tmp_path / "a", epochs=2, limit=19, sizes="", snapshots=""))
     assert not (tmp_path / "a" / "metrics.jsonl").exists()  # refused before anything was written
-    res = train(tiny_config(tiny_data, tmp_path / "b", epochs=2, limit=40, sizes="", snapshots=""))
-    assert [m["epoch"] for m in read_metrics(tmp_path / "b")] == [1, 2] and Path(res["checkpoint"]).is_file()
+    res = train(tiny_config(tiny_data, tmp_path / "b", epochs=4, limit=20, sizes="", snapshots=""))
+    # 4 epochs of one step: the 0.25 warm-up is one step, where OneCycleLR alone divides by zero
+    assert [m["epoch"] for m in read_metrics(tmp_path / "b")] == [1, 2, 3, 4] and Path(res["checkpoint"]).is_file()
 
 
 def test_size_schedule_and_snapshot_epochs():

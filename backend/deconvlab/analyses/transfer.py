@@ -197,6 +197,8 @@ def train_from_scratch(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray
     from ..nets import fold_batchnorm
     from ..training.train import Augment, build_model, evaluate_arrays, one_cycle, pick_device, renormalise_filters
 
+    if steps < 4:
+        raise ValueError(f"steps: expected at least 4 SGD steps (a one-cycle schedule), got {steps}")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -206,7 +208,7 @@ def train_from_scratch(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    sched = one_cycle(opt, cfg.lr, cfg.warmup, steps)  # raises below 4 steps
+    sched = one_cycle(opt, cfg.lr, cfg.warmup, steps)
     aug = Augment(crop_scale=cfg.crop_scale, device=device)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     n = len(images)

@@ -221,13 +221,14 @@ def one_cycle(opt: torch.optim.Optimizer, max_lr: float, warmup: float,
     ``max_lr``, then a cosine down to ``max_lr / 25e3``.
 
     OneCycleLR divides by the length of each phase, ``warmup * steps - 1`` steps up and the rest down, so
-    a phase of zero length is a ZeroDivisionError (a warm-up of 0.25 over 4 steps). The warm-up is kept to at
-    least two steps on each side of the peak, which needs ``steps >= 4``; at the lengths of real runs
-    (``warmup * steps >= 2``) it is the fraction asked for, unchanged.
+    a phase of zero length is a ZeroDivisionError (a warm-up of 0.25 over 4 steps). From 4 steps on, the
+    warm-up is kept to at least two steps on each side of the peak; at the lengths of real runs
+    (``warmup * steps >= 2``) it is the fraction asked for, unchanged. Under 4 steps (a smoke test) there
+    is no warm-up: the fraction is cut to half a step at most, and the rate falls from near its peak.
     """
-    if steps < 4:
-        raise ValueError(f"steps: expected at least 4 SGD steps (a one-cycle schedule), got {steps}")
-    pct = min(max(warmup, 2 / steps), 1 - 1.5 / steps)
+    if steps < 1:
+        raise ValueError(f"steps: expected at least 1 SGD step, got {steps}")
+    pct = min(max(warmup, 2 / steps), 1 - 1.5 / steps) if steps >= 4 else min(warmup, 0.5 / steps)
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=pct,
                                                div_factor=25, final_div_factor=1e3)
 
@@ -269,10 +270,9 @@ def train(cfg: TrainConfig) -> dict:
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     steps_per_epoch = len(tr_idx) // cfg.batch_size
-    if steps_per_epoch * cfg.epochs < 4:
-        raise ValueError(f"expected at least 4 SGD steps (epochs x images // batch_size), got {cfg.epochs} x "
-                         f"{len(tr_idx)} // {cfg.batch_size} = {steps_per_epoch * cfg.epochs}: use more images, "
-                         f"more epochs or a smaller batch_size")
+    if steps_per_epoch == 0:
+        raise ValueError(f"expected at least batch_size={cfg.batch_size} training images (one SGD step an "
+                         f"epoch), got {len(tr_idx)}: use more images or a smaller batch_size")
     sched = one_cycle(opt, cfg.lr, cfg.warmup, steps_per_epoch * cfg.epochs)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     gen = torch.Generator().manual_seed(cfg.seed)
