@@ -195,7 +195,8 @@ def train_from_scratch(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray
     from tqdm import tqdm
 
     from ..nets import fold_batchnorm
-    from ..training.train import Augment, build_model, evaluate_arrays, one_cycle, pick_device, renormalise_filters
+    from ..training.train import (Augment, build_model, evaluate_arrays, one_cycle, pick_device,
+                                  renormalise_filters, sgd)
 
     if steps < 4:
         raise ValueError(f"steps: expected at least 4 SGD steps (a one-cycle schedule), got {steps}")
@@ -203,11 +204,7 @@ def train_from_scratch(cfg: TrainConfig, images: np.ndarray, targets: np.ndarray
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg, num_classes).to(device)
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = sgd(model, cfg)
     sched = one_cycle(opt, cfg.lr, cfg.warmup, steps)
     aug = Augment(crop_scale=cfg.crop_scale, device=device)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
