@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,8 @@ from PIL import Image
 from torch import nn
 
 from deconvlab.nets import ZFNetConfig, fold_batchnorm, load_checkpoint, zfnet
-from deconvlab.training.train import (TrainConfig, filter_rms, one_cycle, read_metrics, renormalise_filters,
-                                      train)
+from deconvlab.training.train import (TrainConfig, filter_rms, one_cycle, prefetched, read_metrics,
+                                      renormalise_filters, train)
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
 
@@ -224,10 +226,38 @@ def test_train_refuses_fewer_images_than_one_batch(tiny_data, tmp_path):
     # batch 20: 19 images are no step at all (it trained nothing before, and said nothing); 20 are one
     with pytest.raises(ValueError, match=r"expected at least batch_size=20 training images .*got 19"):
         train(tiny_config(tiny_data, tmp_path / "a", epochs=2, limit=19, sizes="", snapshots=""))
-    assert not (tmp_path / "a" / "metrics.jsonl").exists()  # refused before anything was written
+    assert not (tmp_path / "a").exists()  # refused before anything was written, not even snapshots/
     res = train(tiny_config(tiny_data, tmp_path / "b", epochs=4, limit=20, sizes="", snapshots=""))
     # 4 epochs of one step: the 0.25 warm-up is one step, where OneCycleLR alone divides by zero
     assert [m["epoch"] for m in read_metrics(tmp_path / "b")] == [1, 2, 3, 4] and Path(res["checkpoint"]).is_file()
+
+
+def test_prefetched_yields_every_item_in_order_and_makes_the_next_one_meanwhile():
+    made: list[int] = []
+    started = {i: threading.Event() for i in range(5)}
+
+    def make(i: int) -> int:
+        started[i].set()
+        made.append(i)
+        return i * i
+
+    assert list(prefetched(make, 5, None)) == [0, 1, 4, 9, 16] and made == [0, 1, 2, 3, 4]
+    assert list(prefetched(make, 0, None)) == []
+    made.clear()
+    for e in started.values():
+        e.clear()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert list(prefetched(make, 0, pool)) == []
+        out = []
+        for item in prefetched(make, 5, pool):
+            i = len(out)
+            if i + 1 < 5:  # make(i + 1) runs in the pool while this item is in use: wait for it here
+                assert started[i + 1].wait(10), f"make({i + 1}) did not start while item {i} was in use"
+            else:
+                time.sleep(0.05)
+                assert made == [0, 1, 2, 3, 4]  # and nothing past the end
+            out.append(item)
+    assert out == [0, 1, 4, 9, 16] and made == [0, 1, 2, 3, 4]
 
 
 def test_size_schedule_and_snapshot_epochs():

@@ -32,9 +32,11 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -45,6 +47,9 @@ from ..data import Split, decoded, list_split
 from ..net import pick_device
 from ..nets import ModelMeta, ZFNetConfig, fold_batchnorm, save_checkpoint, zfnet
 from ..nets.registry import IMAGENET_MEAN, IMAGENET_STD
+
+
+T_ = TypeVar("T_")  # what prefetched() yields
 
 
 @dataclass
@@ -243,6 +248,23 @@ def one_cycle(opt: torch.optim.Optimizer, max_lr: float, warmup: float,
                                                div_factor=25, final_div_factor=1e3)
 
 
+def prefetched(make: Callable[[int], T_], n: int, pool: ThreadPoolExecutor | None) -> Iterator[T_]:
+    """``make(0), ..., make(n - 1)``, in order. With a ``pool``, ``make(i + 1)`` runs in its thread while
+    the caller works on ``make(i)``.
+
+    The pool must have one worker: the calls then run one at a time and in order, so a random generator
+    that ``make`` draws from sees the same draws as without a pool, and training gives the same numbers.
+    """
+    if pool is None:
+        yield from map(make, range(n))
+        return
+    pending = pool.submit(make, 0) if n else None
+    for i in range(n):
+        item = pending.result()
+        pending = pool.submit(make, i + 1) if i + 1 < n else None
+        yield item
+
+
 def _subset(n: int, limit: int, seed: int) -> np.ndarray:
     if not limit or limit >= n:
         return np.arange(n)
@@ -254,7 +276,6 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     out = Path(cfg.out)
-    (out / "snapshots").mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -303,6 +324,7 @@ def train(cfg: TrainConfig) -> dict:
             kept = [ln for ln in mpath.read_text().splitlines()
                     if ln.strip() and json.loads(ln)["epoch"] <= start_epoch]
             mpath.write_text("".join(ln + "\n" for ln in kept))
+    (out / "snapshots").mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves nothing
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     aug = Augment(crop_scale=cfg.crop_scale, device=device)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -319,21 +341,16 @@ def train(cfg: TrainConfig) -> dict:
             seen = correct = 0
             loss_sum = 0.0
             t0 = time.time()
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px",
-                       disable=not cfg.progress, unit="step")
+
             def batch(step: int, size: int = size, perm: np.ndarray = perm) -> tuple[torch.Tensor, torch.Tensor]:
                 sel = np.sort(tr_idx[perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]])
                 xb = torch.from_numpy(np.array(tr_images[sel])).to(device)
                 yb = torch.from_numpy(tr_targets[np.searchsorted(tr_idx, sel)]).to(device)
                 return aug(xb, size, gen).contiguous(memory_format=torch.channels_last), yb
 
-            pending = pool.submit(batch, 0) if pool else None
-            for step in bar:
-                if pool:  # one worker runs the batches in order, so the generator's draws keep their order
-                    x, yb = pending.result()
-                    pending = pool.submit(batch, step + 1) if step + 1 < steps_per_epoch else None
-                else:
-                    x, yb = batch(step)
+            bar = tqdm(prefetched(batch, steps_per_epoch, pool), total=steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{cfg.epochs} @{size}px", disable=not cfg.progress, unit="step")
+            for x, yb in bar:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits = model(x)
                     loss = crit(logits.float(), yb)
