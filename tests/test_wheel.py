@@ -9,10 +9,10 @@ found only through the checkout.
 step        what                                                         why
 ==========  ===========================================================  ==============================================
 build       the checkout's files (``git ls-files -co --exclude-          no network (this venv's setuptools); no
-            standard``: tracked and new, not ignored) copied to a temp   ``build/`` or egg-info left in the checkout,
-            folder; there an sdist, and from its tree ``pip wheel        no stale ``build/lib`` in the wheel; the
-            --no-deps --no-build-isolation`` (``python -m build``'s      sdist must carry ``frontend/``, ``models/``
-            route)                                                       and the build module
+            standard``: tracked and new, not ignored) linked or copied   ``build/`` or egg-info left in the checkout,
+            to a temp folder; there an sdist, and from its tree ``pip    no stale ``build/lib`` in the wheel; the
+            wheel --no-deps --no-build-isolation`` (``python -m          sdist must carry ``frontend/``, ``models/``
+            build``'s route); each stage deleted once the next exists    and the build module; a small ``/tmp``
 venv        ``python -m venv --without-pip``; the wheel installed by     a fresh environment holding one thing: the
             this venv's pip (``pip --python VENV/bin/python install      wheel
             --no-deps --no-index``)
@@ -55,6 +55,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -120,14 +121,28 @@ def _copy_checkout(dest: Path) -> None:
         src = REPO / rel
         if src.is_file():  # a file deleted in the working tree is still listed until committed
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+            _link_or_copy(src, dest / rel)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link where ``src`` and ``dest`` share a file system (no bytes written: the checkout holds
+    122 MB of models, snapshots included), else a copy. The build only reads the tree, never writes a file
+    it did not make, so a link cannot change the checkout."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
+def wheel(tmp_path_factory) -> Iterator[Path]:
     """Built as ``python -m build`` does it (an sdist, then the wheel from the sdist's tree), so the sdist
     is checked to carry what the wheel ships. This venv's setuptools builds it, with no network; a venv
-    without setuptools builds the checkout's copy in an isolated environment (fetching setuptools)."""
+    without setuptools builds the checkout's copy in an isolated environment (fetching setuptools).
+
+    Each stage is deleted once the next one is made, and the wheel when the module ends: the copy of the
+    checkout is the largest thing the suite writes, and a CI run once stopped at it with "No space left on
+    device" in ``/tmp``."""
     tmp = tmp_path_factory.mktemp("wheel")
     _copy_checkout(tmp / "src")
     tree, offline = tmp / "src", []
@@ -135,13 +150,17 @@ def wheel(tmp_path_factory) -> Path:
         subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
                         "b.build_sdist(sys.argv[1])", str(tmp / "sdist")], check=True, cwd=tmp / "src",
                        capture_output=True)
+        shutil.rmtree(tmp / "src")
         (sdist,) = (tmp / "sdist").glob("deconvlab-*.tar.gz")
         shutil.unpack_archive(sdist, tmp / "unpacked")
+        sdist.unlink()
         (tree,), offline = (tmp / "unpacked").iterdir(), ["--no-build-isolation"]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
                     "-w", str(tmp / "dist"), str(tree)], check=True, cwd=tmp)
+    shutil.rmtree(tmp / ("unpacked" if offline else "src"))
     (whl,) = (tmp / "dist").glob("deconvlab-*.whl")
-    return whl
+    yield whl
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _unshare_flags(scratch: Path) -> list[str] | None:
@@ -179,8 +198,9 @@ def _hiding_python(tmp: Path, python: Path) -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory) -> dict:
-    """The wheel in a fresh venv with the checkout guarded off; the paths and the environment to run it."""
+def venv(wheel, tmp_path_factory) -> Iterator[dict]:
+    """The wheel in a fresh venv with the checkout guarded off; the paths and the environment to run it.
+    Deleted when the module ends (the installed package holds the default model)."""
     tmp = tmp_path_factory.mktemp("venv")
     root = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
@@ -198,8 +218,9 @@ def venv(wheel, tmp_path_factory) -> dict:
            "WHEEL_TEST_FORBID": str(REPO), "WHEEL_TEST_ALLOW": os.pathsep.join(DEPS),
            "WHEEL_TEST_LOG": str(tmp / "guard.log")}
     hiding = _hiding_python(tmp, python)
-    return {"python": hiding or python, "hidden": hiding is not None, "site": site, "env": env,
-            "work": tmp / "work", "log": tmp / "guard.log", "cache": tmp / "cache"}
+    yield {"python": hiding or python, "hidden": hiding is not None, "site": site, "env": env,
+           "work": tmp / "work", "log": tmp / "guard.log", "cache": tmp / "cache"}
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _inside(path, folder: Path) -> bool:
