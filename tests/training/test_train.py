@@ -311,6 +311,31 @@ def test_publishing_again_replaces_the_snapshots_of_the_model_published_before(t
                                    "snapshots/epoch-003.safetensors"}
 
 
+@pytest.mark.parametrize("half", [True, False])
+def test_publish_at_another_input_size_keeps_the_runs_precision_and_weights(tiny_data, tmp_path, monkeypatch, half):
+    """``publish --input-size`` re-saves the checkpoint with a new ``input_size``; it used to ask the loaded
+    model (always float32) whether to store fp16, so an fp16 run was published as fp32, twice the size."""
+    from safetensors import safe_open
+
+    from deconvlab.nets import load_checkpoint
+    from deconvlab.training.modelcard import publish
+
+    monkeypatch.setenv("DECONVLAB_MODELS", str(tmp_path / "models"))
+    train(tiny_config(tiny_data, tmp_path / "run", epochs=1, sizes="", snapshots="", half_snapshots=half))
+    publish(tmp_path / "run", "tiny", progress=False, input_size=72)
+
+    def dtypes(path: Path) -> set[str]:
+        with safe_open(str(path), framework="pt") as f:
+            return {f.get_slice(k).get_dtype() for k in f.keys() if "num_batches" not in k}
+
+    run, shipped = tmp_path / "run" / "model.safetensors", tmp_path / "models" / "tiny" / "model.safetensors"
+    assert dtypes(shipped) == dtypes(run) == {"F16" if half else "F32"}
+    (a, meta_a), (b, meta_b) = load_checkpoint(run), load_checkpoint(shipped)
+    assert (meta_a.input_size, meta_b.input_size) == (64, 72)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), k
+
+
 def test_resnet18_arch_trains_and_exports_a_checkpoint_that_loads_back(tiny_data, tmp_path):
     """``--arch resnet18``: torchvision's topology at half width trains, keeps its batch norm
     (not folded), and its exported checkpoint rebuilds to the same function."""

@@ -13,8 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 from .._util import atomic_json
 from ..data import file_digest
 from .evaluate import evaluate_model
@@ -33,6 +31,16 @@ def register(name: str, entry: dict, root: Path | None = None, default: bool = F
     atomic_json(path, reg, indent=2)
 
 
+def stored_half(path: Path) -> bool:
+    """Whether a safetensors checkpoint stores its floating-point tensors in fp16 (``load_checkpoint``
+    gives float32 either way, so a re-saved copy must ask the file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    return "F16" in dtypes
+
+
 def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str | None = None,
             command: str = "", default: bool = False, progress: bool = True,
             input_size: int | None = None) -> dict:
@@ -44,10 +52,9 @@ def publish(run_dir: str | Path, name: str, root: Path | None = None, data: str 
     dest = root / name
     (dest / "snapshots").mkdir(parents=True, exist_ok=True)
     if input_size:
-        model, meta = load_checkpoint(run / "model.safetensors")
+        model, meta = load_checkpoint(run / "model.safetensors")  # as float32, whatever the file holds
         meta.input_size = int(input_size)
-        half = next(model.parameters()).dtype == torch.float16
-        save_checkpoint(dest / "model.safetensors", model, meta, half=half)
+        save_checkpoint(dest / "model.safetensors", model, meta, half=stored_half(run / "model.safetensors"))
     else:
         shutil.copy2(run / "model.safetensors", dest / "model.safetensors")
     snaps = sorted((run / "snapshots").glob("epoch-*.safetensors"))
