@@ -75,7 +75,10 @@ def test_sanity_check_shows_progress_and_cancels(server, page):
     held = []
     page.route("**/units/*/sanity?*", lambda route: held.append(route))  # neither continued nor fulfilled
     _open_unit(page, server, "conv2", 5)
-    page.click("[data-testid=sanity-run]")
+    # the request can leave after the progress shows (api.js's queue may hold it behind the unit's other
+    # requests, and a request cancelled there is never sent): wait for it, or Cancel finds nothing in flight
+    with page.expect_request("**/units/*/sanity?*"):
+        page.click("[data-testid=sanity-run]")
     page.wait_for_selector("[data-testid=sanity-progress]:not([hidden])")
     assert "0 of 3 methods done" in page.inner_text("[data-testid=sanity-progress]")
     assert page.is_disabled("[data-testid=sanity-run]")
