@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,21 @@ def small_net(small_checkpoint):
 @pytest.fixture(scope="session")
 def small_record(small_net, sample_image):
     return small_net.forward(small_net.preprocess(sample_image))
+
+
+@contextlib.contextmanager
+def scratch_dir(tmp_path_factory, name: str):
+    """A folder from ``tmp_path_factory`` for a module-scoped fixture, deleted when the fixture ends.
+
+    pytest deletes a passed test's ``tmp_path`` at once (``tmp_path_retention_policy``), but folders
+    made by ``tmp_path_factory`` stay until the session ends; the few that hold models or indexes
+    (tens of MB each) would add up to most of what the suite writes to ``/tmp``.
+    """
+    path = tmp_path_factory.mktemp(name)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import live_server
+from conftest import live_server, scratch_dir
 
 pytestmark = pytest.mark.slow
 
@@ -143,24 +143,23 @@ def wheel(tmp_path_factory) -> Iterator[Path]:
     Each stage is deleted once the next one is made, and the wheel when the module ends: the copy of the
     checkout is the largest thing the suite writes, and a CI run once stopped at it with "No space left on
     device" in ``/tmp``."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    _copy_checkout(tmp / "src")
-    tree, offline = tmp / "src", []
-    if importlib.util.find_spec("setuptools"):
-        subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
-                        "b.build_sdist(sys.argv[1])", str(tmp / "sdist")], check=True, cwd=tmp / "src",
-                       capture_output=True)
-        shutil.rmtree(tmp / "src")
-        (sdist,) = (tmp / "sdist").glob("deconvlab-*.tar.gz")
-        shutil.unpack_archive(sdist, tmp / "unpacked")
-        sdist.unlink()
-        (tree,), offline = (tmp / "unpacked").iterdir(), ["--no-build-isolation"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
-                    "-w", str(tmp / "dist"), str(tree)], check=True, cwd=tmp)
-    shutil.rmtree(tmp / ("unpacked" if offline else "src"))
-    (whl,) = (tmp / "dist").glob("deconvlab-*.whl")
-    yield whl
-    shutil.rmtree(tmp, ignore_errors=True)
+    with scratch_dir(tmp_path_factory, "wheel") as tmp:
+        _copy_checkout(tmp / "src")
+        tree, offline = tmp / "src", []
+        if importlib.util.find_spec("setuptools"):
+            subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
+                            "b.build_sdist(sys.argv[1])", str(tmp / "sdist")], check=True, cwd=tmp / "src",
+                           capture_output=True)
+            shutil.rmtree(tmp / "src")
+            (sdist,) = (tmp / "sdist").glob("deconvlab-*.tar.gz")
+            shutil.unpack_archive(sdist, tmp / "unpacked")
+            sdist.unlink()
+            (tree,), offline = (tmp / "unpacked").iterdir(), ["--no-build-isolation"]
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *offline,
+                        "-w", str(tmp / "dist"), str(tree)], check=True, cwd=tmp)
+        shutil.rmtree(tmp / ("unpacked" if offline else "src"))
+        (whl,) = (tmp / "dist").glob("deconvlab-*.whl")
+        yield whl
 
 
 def _unshare_flags(scratch: Path) -> list[str] | None:
@@ -201,26 +200,25 @@ def _hiding_python(tmp: Path, python: Path) -> Path | None:
 def venv(wheel, tmp_path_factory) -> Iterator[dict]:
     """The wheel in a fresh venv with the checkout guarded off; the paths and the environment to run it.
     Deleted when the module ends (the installed package holds the default model)."""
-    tmp = tmp_path_factory.mktemp("venv")
-    root = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-    python = root / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-index", str(wheel)], check=True, cwd=tmp)
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "_wheel_test_guard.py").write_text(GUARD)
-    (site / "_wheel_test.pth").write_text("\n".join([*DEPS, "import _wheel_test_guard", ""]))
-    for d in ("home", "cache", "work"):
-        (tmp / d).mkdir()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp / "home"),
-           "DECONVLAB_CACHE": str(tmp / "cache"), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
-           "WHEEL_TEST_FORBID": str(REPO), "WHEEL_TEST_ALLOW": os.pathsep.join(DEPS),
-           "WHEEL_TEST_LOG": str(tmp / "guard.log")}
-    hiding = _hiding_python(tmp, python)
-    yield {"python": hiding or python, "hidden": hiding is not None, "site": site, "env": env,
-           "work": tmp / "work", "log": tmp / "guard.log", "cache": tmp / "cache"}
-    shutil.rmtree(tmp, ignore_errors=True)
+    with scratch_dir(tmp_path_factory, "venv") as tmp:
+        root = tmp / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+        python = root / "bin" / "python"
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+                        "--no-index", str(wheel)], check=True, cwd=tmp)
+        site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+        (site / "_wheel_test_guard.py").write_text(GUARD)
+        (site / "_wheel_test.pth").write_text("\n".join([*DEPS, "import _wheel_test_guard", ""]))
+        for d in ("home", "cache", "work"):
+            (tmp / d).mkdir()
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp / "home"),
+               "DECONVLAB_CACHE": str(tmp / "cache"), "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
+               "WHEEL_TEST_FORBID": str(REPO), "WHEEL_TEST_ALLOW": os.pathsep.join(DEPS),
+               "WHEEL_TEST_LOG": str(tmp / "guard.log")}
+        hiding = _hiding_python(tmp, python)
+        yield {"python": hiding or python, "hidden": hiding is not None, "site": site, "env": env,
+               "work": tmp / "work", "log": tmp / "guard.log", "cache": tmp / "cache"}
 
 
 def _inside(path, folder: Path) -> bool:

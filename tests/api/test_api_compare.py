@@ -66,9 +66,11 @@ def setup(tmp_path_factory):
     from deconvlab.index import build_index, default_index_path
 
     net_b = Net(copy.deepcopy(b), meta("zf-b"))
-    build_index(net_b, data, split="val", out=default_index_path("zf-b", data, "val"), k=9, workers=0,
-                progress=False)
-    return {"models": models, "data": data, "perm": perm, "a": Net(a, meta("zf-a")), "b": net_b, "tmp": tmp}
+    with pytest.MonkeyPatch.context() as mp:  # the index, and the server's lookups of it, not in the user's cache
+        mp.setenv("DECONVLAB_CACHE", str(tmp / "cache"))
+        build_index(net_b, data, split="val", out=default_index_path("zf-b", data, "val"), k=9, workers=0,
+                    progress=False)
+        yield {"models": models, "data": data, "perm": perm, "a": Net(a, meta("zf-a")), "b": net_b, "tmp": tmp}
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from deconvlab.cli.main import main
+from conftest import scratch_dir
 from test_api_routes import image_id, png_of  # noqa: F401 (image_id: the upload fixture, on this module's client)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,17 +37,17 @@ def registered(tmp_path_factory):
     """(models folder, weights file): tiny-rn registered there by ``deconvlab register``."""
     from safetensors.torch import save_file
 
-    tmp = tmp_path_factory.mktemp("graph-model")
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    weights = tmp / "tiny-rn.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    models = tmp / "models"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DECONVLAB_MODELS", str(models))
-        assert main(["register", "tiny-rn", "--arch", "torchvision:resnet18", "--weights", str(weights),
-                     "--input-size", str(SIZE)]) == 0
-    return models, weights
+    with scratch_dir(tmp_path_factory, "graph-model") as tmp:
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+        weights = tmp / "tiny-rn.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        models = tmp / "models"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DECONVLAB_MODELS", str(models))
+            assert main(["register", "tiny-rn", "--arch", "torchvision:resnet18", "--weights", str(weights),
+                         "--input-size", str(SIZE)]) == 0
+        yield models, weights
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from deconvlab import render
 from deconvlab.analyses import sanity
 from deconvlab.api import Settings, create_app
 from deconvlab.api.sanity_store import cached_sanity
+from conftest import scratch_dir
 from test_api_routes import client, image_id, png_of  # noqa: F401 (the served small models and one upload)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -120,19 +121,19 @@ def graph_world(tmp_path_factory, sample_image):
 
     from deconvlab.cli.main import main
 
-    tmp = tmp_path_factory.mktemp("graph-sanity")
-    torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "rn.safetensors"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DECONVLAB_MODELS", str(tmp / "models"))
-        assert main(["register", "tiny-rn", "--arch", "torchvision:resnet18", "--weights",
-                     str(tmp / "rn.safetensors"), "--input-size", "64"]) == 0
-    settings = Settings(models=str(tmp / "models"), data_dir=str(tmp / "state"), data="", device="cpu",
-                        frontend_dir=str(tmp / "no-frontend"))
-    with TestClient(create_app(settings)) as c:
-        r = c.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
-        yield c, r.json()["image_id"], tmp / "models"
+    with scratch_dir(tmp_path_factory, "graph-sanity") as tmp:
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "rn.safetensors"))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DECONVLAB_MODELS", str(tmp / "models"))
+            assert main(["register", "tiny-rn", "--arch", "torchvision:resnet18", "--weights",
+                         str(tmp / "rn.safetensors"), "--input-size", "64"]) == 0
+        settings = Settings(models=str(tmp / "models"), data_dir=str(tmp / "state"), data="", device="cpu",
+                            frontend_dir=str(tmp / "no-frontend"))
+        with TestClient(create_app(settings)) as c:
+            r = c.post("/api/images", files={"file": ("sample.png", png_of(sample_image), "image/png")})
+            yield c, r.json()["image_id"], tmp / "models"
 
 
 def test_a_graph_net_answers_as_the_library_does(graph_world, sample_image):

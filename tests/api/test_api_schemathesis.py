@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import live_server
+from conftest import live_server, scratch_dir
 from test_api_top import MODEL, make_dataset
 
 HERE = Path(__file__).parent
@@ -35,18 +35,18 @@ pytestmark = pytest.mark.slow
 def server(small_models_dir, small_net, tmp_path_factory):
     from deconvlab.index import build_index, default_index_path
 
-    tmp = tmp_path_factory.mktemp("fuzz")
-    data = make_dataset(tmp / "data", per_class=2)
-    env = {**os.environ, "DECONVLAB_MODELS": str(small_models_dir), "DECONVLAB_DATA": str(data),
-           "DECONVLAB_STATE_DIR": str(tmp / "state"), "DECONVLAB_CACHE": str(tmp / "cache"),
-           "DECONVLAB_DEVICE": "cpu", "DECONVLAB_INDEX_SPLIT": "val", "OMP_NUM_THREADS": "1",
-           "DECONVLAB_OCCLUSION_MAX_PASSES": "64"}  # keep each fuzzed occlusion cheap
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DECONVLAB_CACHE", env["DECONVLAB_CACHE"])
-        build_index(small_net, data, "val", out=default_index_path(MODEL, data, "val"), k=3, batch_size=4,
-                    workers=0, progress=False)
-    with live_server(env, tmp, timeout=120) as url:
-        yield url, tmp
+    with scratch_dir(tmp_path_factory, "fuzz") as tmp:
+        data = make_dataset(tmp / "data", per_class=2)
+        env = {**os.environ, "DECONVLAB_MODELS": str(small_models_dir), "DECONVLAB_DATA": str(data),
+               "DECONVLAB_STATE_DIR": str(tmp / "state"), "DECONVLAB_CACHE": str(tmp / "cache"),
+               "DECONVLAB_DEVICE": "cpu", "DECONVLAB_INDEX_SPLIT": "val", "OMP_NUM_THREADS": "1",
+               "DECONVLAB_OCCLUSION_MAX_PASSES": "64"}  # keep each fuzzed occlusion cheap
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("DECONVLAB_CACHE", env["DECONVLAB_CACHE"])
+            build_index(small_net, data, "val", out=default_index_path(MODEL, data, "val"), k=3, batch_size=4,
+                        workers=0, progress=False)
+        with live_server(env, tmp, timeout=120) as url:
+            yield url, tmp
 
 
 def _ids(url: str, image) -> dict:

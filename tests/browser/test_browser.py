@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import live_server
+from conftest import live_server, scratch_dir
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
@@ -128,42 +128,42 @@ def server(tmp_path_factory):
     from conftest import small_zfnet_module
     from deconvlab.nets import save_checkpoint
 
-    root = tmp_path_factory.mktemp("browser")
-    models = root / "models"
-    model, meta = small_zfnet_module()
-    save_checkpoint(models / "zfnet-imagenette" / "model.safetensors", model, meta)
-    for epoch in (1, 2):  # Fig. 4's strip: two "snapshots" (other seeds), as `deconvlab publish` lays them out
-        snap, _ = small_zfnet_module(seed=epoch)
-        save_checkpoint(models / "zfnet-imagenette" / "snapshots" / f"epoch-{epoch:03d}.safetensors", snap, meta)
-    (models / "registry.json").write_text(json.dumps({
-        "default": "zfnet-imagenette",
-        "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors",
-                                        "snapshots": "zfnet-imagenette/snapshots"}},
-    }))
-    _register_tiny_resnet(models)
-    data = _tiny_imagefolder(root / "data")
-    env = {
-        **os.environ,
-        "DECONVLAB_MODELS": str(models),
-        "DECONVLAB_DATA": str(data),
-        "DECONVLAB_CACHE": str(root / "cache"),
-        "DECONVLAB_STATE_DIR": str(root / "state"),  # uploads and results, not in the user cache
-        "DECONVLAB_DEVICE": "cpu",
-        "OMP_NUM_THREADS": "1",
-    }
-    # The top-k indexes the gallery reads, where the server looks for them (in-process:
-    # a `deconvlab index` subprocess would spend most of its time importing torch). The
-    # ResNet's covers every layer it lists (block outputs, inner layers) over the 12 images.
-    from deconvlab.index import build_index
+    with scratch_dir(tmp_path_factory, "browser") as root:
+        models = root / "models"
+        model, meta = small_zfnet_module()
+        save_checkpoint(models / "zfnet-imagenette" / "model.safetensors", model, meta)
+        for epoch in (1, 2):  # Fig. 4's strip: two "snapshots" (other seeds), as `deconvlab publish` lays them out
+            snap, _ = small_zfnet_module(seed=epoch)
+            save_checkpoint(models / "zfnet-imagenette" / "snapshots" / f"epoch-{epoch:03d}.safetensors", snap, meta)
+        (models / "registry.json").write_text(json.dumps({
+            "default": "zfnet-imagenette",
+            "models": {"zfnet-imagenette": {"checkpoint": "zfnet-imagenette/model.safetensors",
+                                            "snapshots": "zfnet-imagenette/snapshots"}},
+        }))
+        _register_tiny_resnet(models)
+        data = _tiny_imagefolder(root / "data")
+        env = {
+            **os.environ,
+            "DECONVLAB_MODELS": str(models),
+            "DECONVLAB_DATA": str(data),
+            "DECONVLAB_CACHE": str(root / "cache"),
+            "DECONVLAB_STATE_DIR": str(root / "state"),  # uploads and results, not in the user cache
+            "DECONVLAB_DEVICE": "cpu",
+            "OMP_NUM_THREADS": "1",
+        }
+        # The top-k indexes the gallery reads, where the server looks for them (in-process:
+        # a `deconvlab index` subprocess would spend most of its time importing torch). The
+        # ResNet's covers every layer it lists (block outputs, inner layers) over the 12 images.
+        from deconvlab.index import build_index
 
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("DECONVLAB_MODELS", "DECONVLAB_DATA", "DECONVLAB_CACHE"):
-            mp.setenv(key, env[key])
-        for name in ("zfnet-imagenette", TINY_RESNET):
-            build_index(name, data, "val", k=9, batch_size=16, workers=0, progress=False)
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("DECONVLAB_MODELS", "DECONVLAB_DATA", "DECONVLAB_CACHE"):
+                mp.setenv(key, env[key])
+            for name in ("zfnet-imagenette", TINY_RESNET):
+                build_index(name, data, "val", k=9, batch_size=16, workers=0, progress=False)
 
-    with live_server(env, root, timeout=240) as base:  # start-up loads both models: slow on busy cores
-        yield base
+        with live_server(env, root, timeout=240) as base:  # start-up loads both models: slow on busy cores
+            yield base
 
 
 @pytest.fixture(scope="module")

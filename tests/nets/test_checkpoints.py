@@ -13,7 +13,7 @@ import threading
 import pytest
 import torch
 
-from conftest import fast_build, small_zfnet_module
+from conftest import fast_build, scratch_dir, small_zfnet_module
 from deconvlab.nets import ModelMeta, load_checkpoint, resolve, save_checkpoint
 from deconvlab.nets.torchvision_nets import alexnet, load_torchvision_weights, rename
 
@@ -86,13 +86,13 @@ def tv_alexnet_file(tmp_path_factory):
     from torchvision.models import alexnet as tv_alexnet
 
     tv = fast_build(tv_alexnet, seed=7).half().float()  # weights exactly representable in fp16
-    d = tmp_path_factory.mktemp("tvweights")
-    tmp = d / "alexnet.pth"
-    torch.save({k: v.half() for k, v in tv.state_dict().items()}, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    path = d / f"alexnet-{digest[:8]}.pth"
-    tmp.rename(path)
-    return tv, path
+    with scratch_dir(tmp_path_factory, "tvweights") as d:
+        tmp = d / "alexnet.pth"
+        torch.save({k: v.half() for k, v in tv.state_dict().items()}, tmp)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        path = d / f"alexnet-{digest[:8]}.pth"
+        tmp.rename(path)
+        yield tv, path
 
 
 def test_torchvision_weights_from_a_local_file(tv_alexnet_file):
